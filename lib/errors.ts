@@ -1,0 +1,187 @@
+/**
+ * Error classes shared by every stage of anonymizer.
+ *
+ * Every error carries a machine-readable `code` and a `retriable` flag so the
+ * caller can decide between retrying, dead-lettering and exiting without
+ * parsing messages.
+ *
+ * @module
+ */
+
+/** Options accepted by every anonymizer error constructor. */
+export interface AnonymizerErrorOptions {
+  /** Machine-readable reason, e.g. `"config_invalid"`. */
+  code: string;
+  /** Whether repeating the same operation later may succeed. Default: `false`. */
+  retriable?: boolean;
+  /** The underlying error, if any. Default: `undefined`. */
+  cause?: unknown;
+}
+
+/**
+ * Base class of all anonymizer errors.
+ *
+ * @example Inspect code and retriable flag
+ * ```ts
+ * import { AnonymizerError } from "./errors.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const err = new AnonymizerError("Cannot flush as the proxy refused: status 503", {
+ *   code: "proxy_refused",
+ *   retriable: true,
+ * });
+ * assert.equal(err.name, "AnonymizerError");
+ * assert.equal(err.retriable, true);
+ * ```
+ */
+export class AnonymizerError extends Error {
+  /** Machine-readable reason. */
+  readonly code: string;
+  /** Whether repeating the same operation later may succeed. */
+  readonly retriable: boolean;
+
+  /** Builds an error; `message` says what failed and the value involved. */
+  constructor(message: string, options: AnonymizerErrorOptions) {
+    super(message, { cause: options.cause });
+    this.name = "AnonymizerError";
+    this.code = options.code;
+    this.retriable = options.retriable ?? false;
+  }
+}
+
+/**
+ * A setting has a value anonymizer cannot start with. Never retriable.
+ *
+ * @example
+ * ```ts
+ * import { ConfigError } from "./errors.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const err = new ConfigError("KAFKA_BROKERS", "x", "must be host:port");
+ * assert.equal(
+ *   err.message,
+ *   'Cannot start as KAFKA_BROKERS must be host:port: current value is "x"',
+ * );
+ * assert.equal(err.setting, "KAFKA_BROKERS");
+ * ```
+ */
+export class ConfigError extends AnonymizerError {
+  /** The environment variable name of the offending setting. */
+  readonly setting: string;
+
+  /** Builds the one-line error for `setting` holding `value`. */
+  constructor(setting: string, value: string, rule: string, options: { cause?: unknown } = {}) {
+    super(`Cannot start as ${setting} ${rule}: current value is ${JSON.stringify(value)}`, {
+      code: "config_invalid",
+      retriable: false,
+      cause: options.cause,
+    });
+    this.name = "ConfigError";
+    this.setting = setting;
+  }
+}
+
+/**
+ * A Kafka message could not be decoded or failed validation. Never retriable:
+ * the same bytes fail the same way, so the message is dead-lettered.
+ *
+ * @example
+ * ```ts
+ * import { DecodeError } from "./errors.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const err = new DecodeError("Cannot decode message as it is empty: length is 0", {
+ *   code: "empty",
+ * });
+ * assert.equal(err.name, "DecodeError");
+ * assert.equal(err.retriable, false);
+ * ```
+ */
+export class DecodeError extends AnonymizerError {
+  /** Builds a decode error; `options.code` names the kind of bad input. */
+  constructor(message: string, options: { code: string; cause?: unknown }) {
+    super(message, { code: options.code, retriable: false, cause: options.cause });
+    this.name = "DecodeError";
+  }
+}
+
+/**
+ * What is known about a request to ClickHouse that did not succeed.
+ *
+ * - `refused`: ch-proxy refused it (503 from nginx); ClickHouse never saw it.
+ * - `too_large`: ch-proxy refused the body size (413); ClickHouse never saw it.
+ * - `rejected`: ClickHouse answered with an error before writing anything.
+ * - `unknown`: the request may or may not have been applied (timeout, reset
+ *   connection, 502/504, or a ClickHouse error raised while writing).
+ */
+export type RequestOutcome = "refused" | "too_large" | "rejected" | "unknown";
+
+/**
+ * A request to ClickHouse (through ch-proxy) failed.
+ *
+ * @example
+ * ```ts
+ * import { ClickHouseError } from "./errors.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const err = new ClickHouseError("Cannot insert batch 7 as ch-proxy refused it: status 503", {
+ *   code: "proxy_refused",
+ *   outcome: "refused",
+ *   status: 503,
+ *   retriable: true,
+ * });
+ * assert.equal(err.outcome, "refused");
+ * assert.equal(err.status, 503);
+ * ```
+ */
+export class ClickHouseError extends AnonymizerError {
+  /** What is known about whether the request was applied. */
+  readonly outcome: RequestOutcome;
+  /** HTTP status, or `undefined` when no response arrived. */
+  readonly status: number | undefined;
+  /** ClickHouse exception code (e.g. 27 for a parse error), when the server sent one. */
+  readonly serverCode: number | undefined;
+
+  /** Builds the error; `message` names the request and the status or cause. */
+  constructor(
+    message: string,
+    options: {
+      code: string;
+      outcome: RequestOutcome;
+      retriable: boolean;
+      status?: number;
+      serverCode?: number;
+      cause?: unknown;
+    },
+  ) {
+    super(message, options);
+    this.name = "ClickHouseError";
+    this.outcome = options.outcome;
+    this.status = options.status;
+    this.serverCode = options.serverCode;
+  }
+}
+
+/**
+ * The durable queue in Deno KV could not be read or written (e.g. disk full,
+ * or a lost race with another writer). Retriable unless `code` says otherwise.
+ *
+ * @example
+ * ```ts
+ * import { QueueError } from "./errors.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const err = new QueueError("Cannot append to queue as the disk is full: path /var/lib/kv", {
+ *   code: "disk_full",
+ *   retriable: true,
+ * });
+ * assert.equal(err.name, "QueueError");
+ * ```
+ */
+export class QueueError extends AnonymizerError {
+  /** Builds the error; `message` names the operation and the KV path or key. */
+  constructor(message: string, options: AnonymizerErrorOptions) {
+    super(message, options);
+    this.name = "QueueError";
+  }
+}
