@@ -1,0 +1,519 @@
+/**
+ * The flusher: moves sealed batches from the KV queue into ClickHouse through
+ * ch-proxy, one request per proxy slot, exactly once.
+ *
+ * A slot timer fires at each slot computed by {@linkcode nextSlotAt}; the
+ * service's `Deno.cron` job calls {@linkcode Flusher.wake} every minute as a
+ * watchdog, and the Kafka source calls it when new rows become owned. Cron
+ * alone cannot drive the sends: its one-minute grain cannot hit 62.5 s slots
+ * without wasting every other one.
+ *
+ * @module
+ */
+import { getLogger } from "@logtape/logtape";
+import type { ClickHouseClient } from "./clickhouse_client.ts";
+import { ClickHouseError } from "./errors.ts";
+import type { BatchMeta, KvQueue, PackResult } from "./kv_queue.ts";
+import { nextSlotAt } from "./pacer.ts";
+import type { HttpLogRow } from "./types.ts";
+
+const log = getLogger(["anonymizer", "flusher"]);
+
+/** What a request to ClickHouse was for. */
+export type RequestKind = "insert" | "check" | "version" | "repair";
+
+/** One request's result, for logs and metrics. */
+export interface FlushEvent {
+  /** What the request was for. */
+  kind: RequestKind;
+  /** `"ok"`, or the failure's outcome: `"refused"`, `"too_large"`, `"rejected"`, `"unknown"`. */
+  outcome: "ok" | ClickHouseError["outcome"];
+  /** HTTP status, if a response came. */
+  status?: number | undefined;
+  /** Batch id, for insert/check/repair. */
+  batchId?: bigint | undefined;
+  /** Rows in the batch. */
+  rows?: number | undefined;
+  /** Body bytes. */
+  bytes?: number | undefined;
+  /** Request duration, ms. */
+  durationMs: number;
+  /** Earliest time (ms) of the next request. */
+  nextSlotAt: number;
+  /** Oldest row age when it landed, ms (inserts that landed only). */
+  latencyMs?: number | undefined;
+  /** Error message without payload, when not ok. */
+  error?: string | undefined;
+}
+
+/** Live state for progress displays and metrics. */
+export interface FlusherStatus {
+  /** Earliest time (ms) of the next request. */
+  nextSlotAt: number;
+  /** Whether a request is on the wire. */
+  inflight: boolean;
+  /** ClickHouse server version, once known. */
+  serverVersion: string | null;
+  /** Result of the last request. */
+  last: FlushEvent | null;
+}
+
+/** Builds a batch body from a prefix of `rows`, with `batchId` in every row. */
+export type Packer = (
+  rows: HttpLogRow[],
+  batchId: bigint,
+  serverVersion: string,
+) => PackResult | Promise<PackResult>;
+
+/** Options of {@linkcode Flusher}. */
+export interface FlusherOptions {
+  /** Builds request bodies. Required in practice; default: none (throws on first seal). */
+  pack?: Packer;
+  /** ClickHouse database holding `http_log`. Default: `"default"`. */
+  database?: string;
+  /** Minimum spacing between accepted requests, ms. Default: `62_500` (stock ch-proxy). */
+  spacingMs?: number;
+  /** Margin added to the spacing, ms. Default: `750`. */
+  marginMs?: number;
+  /** Wait after a 503 before trying again, ms. Default: `5_000`. */
+  refusalRetryMs?: number;
+  /** How long before a slot to seal the next batch, ms. Default: `1_500`. */
+  sealLeadMs?: number;
+  /**
+   * How an unknown outcome is resolved: `"check"` spends a slot on one
+   * SELECT by batch id; `"token"` resends with `insert_deduplication_token`
+   * (ClickHouse 22.2+); `"auto"` picks `"token"` where the server has it.
+   * Default: `"auto"`.
+   */
+  dedup?: "auto" | "check" | "token";
+  /** Rows offered to the packer per seal. Default: `40_000`. */
+  candidateRows?: number;
+  /** Called after every request. Default: none. */
+  onEvent?: (event: FlushEvent) => void;
+  /** Called when a single row is rejected as poison and must be dead-lettered. Default: none (kept and retried). */
+  onPoisonRow?: (row: HttpLogRow, error: ClickHouseError) => Promise<void>;
+  /** Clock. Default: `Date.now`. */
+  now?: () => number;
+}
+
+/**
+ * Sends sealed batches, paced for ch-proxy.
+ *
+ * @example Start, then stop with a grace period
+ * ```ts
+ * import { Flusher } from "./flusher.ts";
+ * import { openQueue } from "./kv_queue.ts";
+ * import { ClickHouseClient } from "./clickhouse_client.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const dir = await Deno.makeTempDir();
+ * await using queue = await openQueue(`${dir}/q.sqlite3`);
+ * // Nothing is queued, so nothing is sent; the version check waits for its slot.
+ * await queue.setServer({ version: "18.16.1", checkedAt: Date.now() });
+ * const flusher = new Flusher(queue, new ClickHouseClient("http://127.0.0.1:8124"));
+ * flusher.start();
+ * await flusher.stop({ graceMs: 1_000 });
+ * assert.equal(flusher.status().inflight, false);
+ * ```
+ */
+export class Flusher {
+  readonly #queue: KvQueue;
+  readonly #client: ClickHouseClient;
+  readonly #opts: Required<Omit<FlusherOptions, "pack" | "onEvent" | "onPoisonRow">>;
+  readonly #pack: Packer | undefined;
+  readonly #onEvent: ((event: FlushEvent) => void) | undefined;
+  readonly #onPoisonRow: FlusherOptions["onPoisonRow"];
+  #stopping = false;
+  #loop: Promise<void> | null = null;
+  #wakers = new Set<() => void>();
+  #inflight: AbortController | null = null;
+  #lastRefusedAt: number | null = null;
+  #status: FlusherStatus = { nextSlotAt: 0, inflight: false, serverVersion: null, last: null };
+  #bytesPerRow = 0;
+
+  /** A flusher for `queue`, sending through `client` (pointed at ch-proxy). */
+  constructor(queue: KvQueue, client: ClickHouseClient, options: FlusherOptions = {}) {
+    this.#queue = queue;
+    this.#client = client;
+    this.#pack = options.pack;
+    this.#onEvent = options.onEvent;
+    this.#onPoisonRow = options.onPoisonRow;
+    this.#opts = {
+      database: options.database ?? "default",
+      spacingMs: options.spacingMs ?? 62_500,
+      marginMs: options.marginMs ?? 750,
+      refusalRetryMs: options.refusalRetryMs ?? 5_000,
+      sealLeadMs: options.sealLeadMs ?? 1_500,
+      dedup: options.dedup ?? "auto",
+      candidateRows: options.candidateRows ?? 40_000,
+      now: options.now ?? Date.now,
+    };
+  }
+
+  /** Live state. */
+  status(): FlusherStatus {
+    return { ...this.#status };
+  }
+
+  /** Starts the send loop. */
+  start(): void {
+    this.#loop ??= this.#run();
+  }
+
+  /** Ends any wait early: new owned rows, or the cron watchdog. */
+  wake(): void {
+    for (const w of this.#wakers) w();
+    this.#wakers.clear();
+  }
+
+  /**
+   * Stops the loop. A request on the wire may finish within `graceMs`;
+   * after that it is aborted, and its batch is resolved after the next start
+   * as an unknown outcome.
+   */
+  async stop(options: { graceMs?: number } = {}): Promise<void> {
+    this.#stopping = true;
+    this.wake();
+    if (this.#loop === null) return;
+    const grace = options.graceMs ?? 10_000;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const expired = new Promise<void>((resolve) => {
+      timer = setTimeout(() => {
+        this.#inflight?.abort(new DOMException("shutdown grace period ended", "AbortError"));
+        resolve();
+      }, grace);
+    });
+    await Promise.race([this.#loop, expired]);
+    await this.#loop;
+    clearTimeout(timer);
+  }
+
+  async #run(): Promise<void> {
+    await this.#recoverInflight();
+    let failures = 0;
+    while (!this.#stopping) {
+      try {
+        await this.#step();
+        failures = 0;
+      } catch (err) {
+        failures++;
+        log.error("Flusher step failed, retrying: {error}", { error: String(err), failures });
+        await this.#sleep(Math.min(30_000, 500 * 2 ** failures));
+      }
+    }
+  }
+
+  async #recoverInflight(): Promise<void> {
+    const pacer = await this.#queue.pacer();
+    if (pacer.inflightSince !== null) {
+      // The process died with a request on the wire: it may have used the slot.
+      await this.#queue.setPacer({
+        lastConsumedAt: Math.max(pacer.lastConsumedAt ?? 0, pacer.inflightSince),
+        inflightSince: null,
+      });
+    }
+    this.#status.serverVersion = (await this.#queue.server())?.version ?? null;
+  }
+
+  async #slot(): Promise<number> {
+    const pacer = await this.#queue.pacer();
+    const at = nextSlotAt({ ...pacer, lastRefusedAt: this.#lastRefusedAt }, this.#opts);
+    this.#status.nextSlotAt = at;
+    return at;
+  }
+
+  async #step(): Promise<void> {
+    if (this.#status.serverVersion === null) {
+      if (!await this.#sleepUntil(await this.#slot())) return;
+      const text = await this.#paced("version", {}, (signal) =>
+        this.#client.query("SELECT version()", { signal, what: "version check" }));
+      if (text !== null) {
+        const version = text.trim();
+        await this.#queue.setServer({ version, checkedAt: this.#opts.now() });
+        this.#status.serverVersion = version;
+      }
+      return;
+    }
+    let batch = await this.#queue.batch();
+    if (batch === null) {
+      // Seal as late as possible so the batch carries everything queued by its slot.
+      if (!await this.#sleepUntil((await this.#slot()) - this.#opts.sealLeadMs)) return;
+      batch = await this.#seal();
+      if (batch === null) {
+        await this.#sleep(60_000);
+        return;
+      }
+    }
+    if (!await this.#sleepUntil(await this.#slot())) return;
+    if (batch.state !== "sealed" && this.#strategy() === "check") {
+      await this.#check(batch);
+    } else {
+      await this.#insert(batch);
+    }
+  }
+
+  #strategy(): "check" | "token" {
+    if (this.#opts.dedup !== "auto") return this.#opts.dedup;
+    const [major = 0, minor = 0] = (this.#status.serverVersion ?? "0").split(".").map(Number);
+    return major > 22 || (major === 22 && minor >= 2) ? "token" : "check";
+  }
+
+  async #seal(): Promise<BatchMeta | null> {
+    const pack = this.#pack;
+    if (pack === undefined) throw new Error("Cannot seal a batch as no packer is configured");
+    const version = this.#status.serverVersion!;
+    const started = performance.now();
+    const batch = await this.#queue.seal((rows, id) => pack(rows, id, version), {
+      candidateRows: this.#opts.candidateRows,
+    });
+    if (batch !== null) {
+      this.#bytesPerRow = batch.bytes / batch.rows;
+      log.debug("Sealed batch {batchId}: {rows} rows, {bytes} bytes in {ms} ms", {
+        batchId: String(batch.id),
+        rows: batch.rows,
+        bytes: batch.bytes,
+        ms: Math.round(performance.now() - started),
+      });
+    }
+    return batch;
+  }
+
+  async #insert(batch: BatchMeta): Promise<void> {
+    const prior = batch.state;
+    const body = await this.#queue.body(batch);
+    const { query: sql, ...params } = batch.query;
+    if (this.#strategy() === "token") {
+      params.insert_deduplication_token = String(batch.id);
+      params.deduplicate_blocks_in_dependent_materialized_views = "1";
+    }
+    await this.#queue.markSending(batch.id);
+    const started = this.#opts.now();
+    try {
+      await this.#paced("insert", batch, (signal) =>
+        this.#client.query(sql!, {
+          body,
+          params,
+          headers: batch.headers,
+          signal,
+          what: `INSERT of batch ${batch.id}`,
+        }), true);
+      await this.#queue.markLanded(batch.id);
+      this.#emitLanded(batch, started);
+    } catch (err) {
+      if (!(err instanceof ClickHouseError)) throw err;
+      await this.#afterFailure(batch, prior, err);
+    }
+  }
+
+  async #afterFailure(batch: BatchMeta, prior: BatchMeta["state"], err: ClickHouseError): Promise<void> {
+    switch (err.outcome) {
+      case "refused":
+        await this.#queue.markState(batch.id, prior, err.message);
+        return;
+      case "unknown":
+        await this.#queue.markState(batch.id, "unknown", err.message);
+        return;
+      case "too_large":
+        if (prior !== "sealed") {
+          await this.#queue.markState(batch.id, prior, err.message);
+          return;
+        }
+        log.error(
+          "ch-proxy refused batch {batchId} of {bytes} bytes as too large; re-splitting it. " +
+            "Lower CLICKHOUSE_BODY_LIMIT to the proxy's client_max_body_size.",
+          { batchId: String(batch.id), bytes: batch.bytes },
+        );
+        await this.#queue.unseal(batch.id, { groups: 2 });
+        return;
+      case "rejected":
+        if (err.retriable || prior !== "sealed") {
+          // Schema, auth or load trouble an operator can fix; the batch waits.
+          await this.#queue.markState(batch.id, prior, err.message);
+          return;
+        }
+        await this.#isolatePoison(batch, err);
+        return;
+    }
+  }
+
+  /**
+   * Bisects a batch ClickHouse rejected as bad data: halves are sealed alone
+   * until a single row is left, which is dead-lettered. Each step costs a slot,
+   * so up front validation keeps this rare.
+   */
+  async #isolatePoison(batch: BatchMeta, err: ClickHouseError): Promise<void> {
+    if (batch.rows > 1) {
+      log.warn("ClickHouse rejected batch {batchId} ({rows} rows); bisecting: {error}", {
+        batchId: String(batch.id),
+        rows: batch.rows,
+        error: err.message,
+      });
+      await this.#queue.unseal(batch.id, { groups: 2, isolate: true });
+      return;
+    }
+    if (this.#onPoisonRow === undefined) {
+      await this.#queue.markState(batch.id, "sealed", err.message);
+      return;
+    }
+    const [row] = await this.#queue.batchRows(batch);
+    await this.#onPoisonRow(row!, err);
+    await this.#queue.discard(batch.id);
+    log.error("Dead-lettered one row ClickHouse rejected from batch {batchId}: {error}", {
+      batchId: String(batch.id),
+      error: err.message,
+    });
+  }
+
+  async #check(batch: BatchMeta): Promise<void> {
+    const db = this.#opts.database;
+    const sql = `SELECT count() FROM ${db}.http_log WHERE timestamp >= toDateTime(${batch.minTimestamp}) ` +
+      `AND timestamp <= toDateTime(${batch.maxTimestamp}) AND batch_id = ${batch.id}`;
+    const text = await this.#paced("check", batch, (signal) =>
+      this.#client.query(sql, { signal, what: `check of batch ${batch.id}` }));
+    if (text === null) return;
+    const stored = Number(text.trim());
+    if (stored === batch.rows) {
+      log.info("Batch {batchId} was stored before its outcome was lost; not resending", {
+        batchId: String(batch.id),
+      });
+      await this.#queue.markLanded(batch.id);
+      this.#emitLanded(batch, this.#opts.now());
+    } else if (stored === 0) {
+      await this.#queue.markState(batch.id, "sealed");
+    } else {
+      log.error("Batch {batchId} is partly stored ({stored} of {rows} rows); deleting it to resend", {
+        batchId: String(batch.id),
+        stored,
+        rows: batch.rows,
+      });
+      const done = await this.#paced("repair", batch, (signal) =>
+        this.#client.query(`ALTER TABLE ${db}.http_log DELETE WHERE batch_id = ${batch.id}`, {
+          signal,
+          what: `repair of batch ${batch.id}`,
+        }));
+      if (done !== null) await this.#queue.markState(batch.id, "sealed");
+    }
+  }
+
+  #emitLanded(batch: BatchMeta, started: number): void {
+    const latencyMs = this.#opts.now() - batch.oldestEnqueuedAt;
+    log.info(
+      "Flushed batch {batchId}: {rows} rows, {bytes} bytes, outcome ok, next slot in {nextSlotS} s",
+      {
+        batchId: String(batch.id),
+        rows: batch.rows,
+        bytes: batch.bytes,
+        outcome: "ok",
+        durationMs: this.#opts.now() - started,
+        nextSlotS: Math.max(0, Math.round((this.#status.nextSlotAt - this.#opts.now()) / 1000)),
+        latencyMs,
+      },
+    );
+  }
+
+  /**
+   * Sends one request in a proxy slot. The send time is recorded in KV
+   * before the request leaves, so a crash cannot make the next start reuse
+   * the slot. Returns `null` on failure (already reported).
+   */
+  async #paced<T>(
+    kind: RequestKind,
+    batch: Partial<BatchMeta>,
+    send: (signal: AbortSignal) => Promise<T>,
+    rethrow = false,
+  ): Promise<T | null> {
+    const pacer = await this.#queue.pacer();
+    const sentAt = this.#opts.now();
+    await this.#queue.setPacer({ ...pacer, inflightSince: sentAt });
+    this.#inflight = new AbortController();
+    this.#status.inflight = true;
+    const started = performance.now();
+    try {
+      const result = await send(this.#inflight.signal);
+      await this.#queue.setPacer({ lastConsumedAt: sentAt, inflightSince: null });
+      this.#lastRefusedAt = null;
+      this.#report(kind, batch, started, null, { lastConsumedAt: sentAt });
+      return result;
+    } catch (err) {
+      if (!(err instanceof ClickHouseError)) throw err;
+      const slotUnused = err.outcome === "refused" || err.outcome === "too_large";
+      if (slotUnused) this.#lastRefusedAt = this.#opts.now();
+      const lastConsumedAt = slotUnused ? pacer.lastConsumedAt : sentAt;
+      await this.#queue.setPacer({ lastConsumedAt, inflightSince: null });
+      this.#report(kind, batch, started, err, { lastConsumedAt });
+      if (rethrow) throw err;
+      return null;
+    } finally {
+      this.#inflight = null;
+      this.#status.inflight = false;
+    }
+  }
+
+  #report(
+    kind: RequestKind,
+    batch: Partial<BatchMeta>,
+    started: number,
+    err: ClickHouseError | null,
+    pacer: { lastConsumedAt: number | null },
+  ): void {
+    const at = nextSlotAt(
+      { lastConsumedAt: pacer.lastConsumedAt, inflightSince: null, lastRefusedAt: this.#lastRefusedAt },
+      this.#opts,
+    );
+    this.#status.nextSlotAt = at;
+    const event: FlushEvent = {
+      kind,
+      outcome: err === null ? "ok" : err.outcome,
+      status: err === null ? 200 : err.status,
+      batchId: batch.id,
+      rows: batch.rows,
+      bytes: batch.bytes,
+      durationMs: Math.round(performance.now() - started),
+      nextSlotAt: at,
+      latencyMs: err === null && kind === "insert" && batch.oldestEnqueuedAt !== undefined
+        ? this.#opts.now() - batch.oldestEnqueuedAt
+        : undefined,
+      error: err?.message,
+    };
+    this.#status.last = event;
+    if (err !== null) {
+      log.warn("Request {kind} for batch {batchId} failed ({outcome}); next slot in {nextSlotS} s: {error}", {
+        kind,
+        batchId: String(batch.id ?? "-"),
+        outcome: err.outcome,
+        status: err.status,
+        nextSlotS: Math.max(0, Math.round((at - this.#opts.now()) / 1000)),
+        error: err.message,
+      });
+    }
+    this.#onEvent?.(event);
+  }
+
+  /** Sleeps until `at` (ms). Returns `false` if stopping. */
+  async #sleepUntil(at: number): Promise<boolean> {
+    for (;;) {
+      if (this.#stopping) return false;
+      const wait = at - this.#opts.now();
+      if (wait <= 0) return true;
+      // A wake ends the sleep early; the loop keeps waiting for the slot.
+      await this.#sleep(wait);
+    }
+  }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.#wakers.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.#wakers.add(done);
+    });
+  }
+
+  /** Average body bytes per row of the last sealed batch, 0 before the first. */
+  get bytesPerRow(): number {
+    return this.#bytesPerRow;
+  }
+}

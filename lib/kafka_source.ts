@@ -1,0 +1,444 @@
+/**
+ * The Kafka edge: consumes `http_log` in a consumer group, turns each
+ * message into an anonymized row or a dead letter, appends rows to the KV
+ * queue, and only then commits offsets.
+ *
+ * Per Kafka batch of one partition:
+ * 1. messages below the partition's `next` offset in KV are skipped (Kafka
+ *    redelivered them after a crash or rebalance);
+ * 2. invalid messages are sent to the dead-letter topic and acknowledged;
+ * 3. rows and the new `next` offset are appended to KV (pending);
+ * 4. the offset is committed with this instance's id as metadata;
+ * 5. on success the rows become owned and the flusher may seal them.
+ *
+ * @module
+ */
+import { getLogger } from "@logtape/logtape";
+import { type Consumer, type EachBatchPayload, Kafka, type KafkaConfig, logLevel, type Producer } from "kafkajs";
+import { QueueError } from "./errors.ts";
+import type { KvQueue, QueueEntry } from "./kv_queue.ts";
+import type { HttpLogRow } from "./types.ts";
+import { formatMetadata, parseMetadata, resolvePending, takeOver } from "./_commit_metadata.ts";
+import { kafkaLogCreator } from "./_kafka_log.ts";
+
+const log = getLogger(["anonymizer", "kafka"]);
+
+/** The result of turning one message into a row. */
+export type MessageResult =
+  | { ok: true; row: HttpLogRow }
+  | { ok: false; code: string; message: string };
+
+/** Where a consumer group without committed offsets starts. */
+export type OffsetReset = "earliest" | "latest" | { timestamp: number };
+
+/** Counters the source reports after each Kafka batch. */
+export interface SourceBatchEvent {
+  /** Partition. */
+  partition: number;
+  /** Messages received, including skipped ones. */
+  received: number;
+  /** Messages skipped as already queued. */
+  skipped: number;
+  /** Rows appended to the queue. */
+  queued: number;
+  /** Messages dead-lettered. */
+  deadLettered: number;
+  /** Dead letters by error code. */
+  deadLetterCodes: Record<string, number>;
+  /** Messages between this batch and the partition's high watermark. */
+  lag: number;
+}
+
+/** Options of {@linkcode KafkaSource}. */
+export interface KafkaSourceOptions {
+  /** Turns a message value into a row or a rejection. Required in practice; default: rejects everything. */
+  toRow?: (value: Uint8Array | null) => MessageResult;
+  /** Topic to consume. Default: `"http_log"`. */
+  topic?: string;
+  /** Consumer group. Default: `"anonymizer"`. */
+  groupId?: string;
+  /** Kafka client id. Default: `"anonymizer"`. */
+  clientId?: string;
+  /** Start position for partitions without a committed offset. Default: `"earliest"`. */
+  offsetReset?: OffsetReset;
+  /** Dead-letter topic. Default: `"http_log.dlq"`. */
+  dlqTopic?: string;
+  /** TLS: `true` or options passed to kafkajs. Default: `false`. */
+  ssl?: KafkaConfig["ssl"];
+  /** SASL credentials passed to kafkajs. Default: none. */
+  sasl?: KafkaConfig["sasl"];
+  /** Consumer session timeout, ms. Default: `30_000`. */
+  sessionTimeoutMs?: number;
+  /** Called after each Kafka batch. Default: none. */
+  onBatch?: (event: SourceBatchEvent) => void;
+  /** Called when rows became owned (sealable). Default: none. */
+  onOwned?: () => void;
+  /** Called while KV refuses writes (e.g. disk full): `true` when paused, `false` when resumed. Default: none. */
+  onBackpressure?: (paused: boolean) => void;
+}
+
+/** Live state for readiness and metrics. */
+export interface SourceStatus {
+  /** Whether the consumer has joined its group. */
+  joined: boolean;
+  /** Partitions assigned in the current generation. */
+  assigned: number[];
+  /** Last known lag per partition. */
+  lag: Record<number, number>;
+  /** Whether consumption is paused because KV refuses writes. */
+  backpressure: boolean;
+}
+
+/**
+ * Consumes Kafka into the KV queue.
+ *
+ * @example Construct without connecting
+ * ```ts
+ * import { KafkaSource } from "./kafka_source.ts";
+ * import { openQueue } from "./kv_queue.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const dir = await Deno.makeTempDir();
+ * await using queue = await openQueue(`${dir}/q.sqlite3`);
+ * const source = new KafkaSource(["127.0.0.1:9092"], queue, { topic: "http_log" });
+ * assert.equal(source.status().joined, false);
+ * ```
+ */
+export class KafkaSource {
+  readonly #queue: KvQueue;
+  readonly #kafka: Kafka;
+  readonly #consumer: Consumer;
+  readonly #producer: Producer;
+  readonly #opts: Required<
+    Pick<KafkaSourceOptions, "topic" | "groupId" | "offsetReset" | "dlqTopic" | "toRow">
+  >;
+  readonly #hooks: Pick<KafkaSourceOptions, "onBatch" | "onOwned" | "onBackpressure">;
+  readonly #reconciled = new Set<number>();
+  #handovers = new Map<number, Array<[bigint, string]>>();
+  #status: SourceStatus = { joined: false, assigned: [], lag: {}, backpressure: false };
+  #stopping = false;
+
+  /** A source reading from `brokers` into `queue`. */
+  constructor(brokers: string[], queue: KvQueue, options: KafkaSourceOptions = {}) {
+    this.#queue = queue;
+    this.#opts = {
+      topic: options.topic ?? "http_log",
+      groupId: options.groupId ?? "anonymizer",
+      offsetReset: options.offsetReset ?? "earliest",
+      dlqTopic: options.dlqTopic ?? "http_log.dlq",
+      toRow: options.toRow ?? (() => ({ ok: false, code: "no_decoder", message: "no decoder configured" })),
+    };
+    this.#hooks = options;
+    this.#kafka = new Kafka({
+      brokers,
+      clientId: options.clientId ?? "anonymizer",
+      ssl: options.ssl,
+      sasl: options.sasl,
+      logLevel: logLevel.INFO,
+      logCreator: kafkaLogCreator,
+    });
+    this.#consumer = this.#kafka.consumer({
+      groupId: this.#opts.groupId,
+      sessionTimeout: options.sessionTimeoutMs ?? 30_000,
+      heartbeatInterval: 3_000,
+      retry: { retries: Number.MAX_SAFE_INTEGER, maxRetryTime: 10_000 },
+    });
+    this.#producer = this.#kafka.producer({ allowAutoTopicCreation: true });
+  }
+
+  /** Live state. */
+  status(): SourceStatus {
+    return { ...this.#status, assigned: [...this.#status.assigned], lag: { ...this.#status.lag } };
+  }
+
+  /** Connects, joins the group and starts consuming. Resolves once consumption runs. */
+  async start(): Promise<void> {
+    const c = this.#consumer;
+    c.on(c.events.GROUP_JOIN, (e) => {
+      this.#reconciled.clear();
+      const assigned = e.payload.memberAssignment[this.#opts.topic] ?? [];
+      this.#status.joined = true;
+      this.#status.assigned = [...assigned].sort((a, b) => a - b);
+      log.info("Joined group {groupId} with partitions {partitions}", {
+        groupId: this.#opts.groupId,
+        partitions: this.#status.assigned.join(",") || "none",
+      });
+      if (typeof this.#opts.offsetReset === "object") {
+        this.#seekToTimestamp(assigned, this.#opts.offsetReset.timestamp).catch((err) =>
+          log.error("Cannot seek to the reset timestamp: {error}", { error: String(err) })
+        );
+      }
+    });
+    c.on(c.events.CRASH, (e) => {
+      this.#status.joined = false;
+      log.error("Kafka consumer crashed (restart: {restart}): {error}", {
+        restart: e.payload.restart,
+        error: String(e.payload.error),
+      });
+    });
+    c.on(c.events.STOP, () => {
+      this.#status.joined = false;
+    });
+    await this.#producer.connect();
+    await c.connect();
+    await c.subscribe({
+      topic: this.#opts.topic,
+      fromBeginning: this.#opts.offsetReset !== "latest",
+    });
+    await c.run({
+      autoCommit: false,
+      eachBatchAutoResolve: true,
+      partitionsConsumedConcurrently: 1,
+      eachBatch: (payload) => this.#eachBatch(payload),
+    });
+  }
+
+  /**
+   * Stops fetching, lets the batch in progress finish its KV append and
+   * offset commit, then disconnects.
+   */
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    await this.#consumer.disconnect();
+    await this.#producer.disconnect();
+    this.#status.joined = false;
+  }
+
+  /**
+   * Resolves pending rows of partitions this instance no longer consumes
+   * (e.g. after a crash or a rebalance). Called by the cron watchdog.
+   */
+  async resolveOrphans(): Promise<void> {
+    for (const p of await this.#queue.partitions()) {
+      if (p.topic !== this.#opts.topic || p.next === p.committed) continue;
+      if (this.#status.assigned.includes(p.partition)) continue;
+      await this.#reconcile(p.partition, { fence: false });
+    }
+  }
+
+  async #seekToTimestamp(partitions: number[], timestamp: number): Promise<void> {
+    const admin = this.#kafka.admin();
+    await admin.connect();
+    try {
+      const [committed] = await admin.fetchOffsets({ groupId: this.#opts.groupId, topics: [this.#opts.topic] });
+      const byTime = await admin.fetchTopicOffsetsByTimestamp(this.#opts.topic, timestamp);
+      for (const p of partitions) {
+        const c = committed?.partitions.find((x) => x.partition === p);
+        if (c !== undefined && c.offset !== "-1") continue;
+        const target = byTime.find((x) => x.partition === p);
+        if (target === undefined) continue;
+        this.#consumer.seek({ topic: this.#opts.topic, partition: p, offset: target.offset });
+        log.info("Partition {partition} has no committed offset; starting at {offset} (time {timestamp})", {
+          partition: p,
+          offset: target.offset,
+          timestamp: new Date(timestamp).toISOString(),
+        });
+      }
+    } finally {
+      await admin.disconnect();
+    }
+  }
+
+  async #groupOffset(partition: number): Promise<{ offset: bigint; metadata: string | null }> {
+    const admin = this.#kafka.admin();
+    await admin.connect();
+    try {
+      const [t] = await admin.fetchOffsets({ groupId: this.#opts.groupId, topics: [this.#opts.topic] });
+      const p = t?.partitions.find((x) => x.partition === partition);
+      return { offset: BigInt(p?.offset ?? "-1"), metadata: p?.metadata ?? null };
+    } finally {
+      await admin.disconnect();
+    }
+  }
+
+  /**
+   * Settles pending rows of `partition` against the group's last commit, and
+   * learns the handover history to commit with from now on.
+   */
+  async #reconcile(partition: number, options: { fence: boolean }): Promise<void> {
+    const topic = this.#opts.topic;
+    const self = this.#queue.instanceId;
+    const group = await this.#groupOffset(partition);
+    const meta = parseMetadata(group.metadata);
+    if (options.fence) this.#handovers.set(partition, takeOver(self, group.offset, meta));
+    const state = await this.#queue.partition(topic, partition);
+    if (state === null || state.next === state.committed) return;
+    const r = resolvePending(self, state, group.offset, meta);
+    if (r.action === "promote") {
+      await this.#queue.promote(topic, partition, r.upTo);
+      if (r.dropFrom !== undefined || r.resumeAt !== undefined) {
+        const dropped = await this.#queue.dropPending(topic, partition, r.resumeAt ?? r.upTo);
+        log.info("Partition {partition}: kept rows below {upTo}, dropped {dropped} stored by another owner", {
+          partition,
+          upTo: String(r.upTo),
+          dropped,
+        });
+      }
+      this.#hooks.onOwned?.();
+    } else if (r.action === "drop") {
+      const dropped = await this.#queue.dropPending(topic, partition, r.resumeAt);
+      log.info("Partition {partition}: dropped {dropped} pending rows another owner stored", {
+        partition,
+        dropped,
+      });
+    } else if (options.fence) {
+      await this.#commit(partition, state.next);
+    }
+  }
+
+  async #commit(partition: number, offset: bigint): Promise<boolean> {
+    const metadata = formatMetadata({
+      committer: this.#queue.instanceId,
+      handovers: this.#handovers.get(partition) ?? [],
+    });
+    try {
+      await this.#consumer.commitOffsets([
+        { topic: this.#opts.topic, partition, offset: String(offset), metadata },
+      ]);
+    } catch (err) {
+      // The rows stay pending; a later commit or the reconcile step settles them.
+      log.warn("Cannot commit offset {offset} of partition {partition}: {error}", {
+        offset: String(offset),
+        partition,
+        error: String(err),
+      });
+      return false;
+    }
+    await this.#queue.promote(this.#opts.topic, partition, offset);
+    this.#hooks.onOwned?.();
+    return true;
+  }
+
+  async #eachBatch(payload: EachBatchPayload): Promise<void> {
+    const { batch, heartbeat, isRunning, isStale } = payload;
+    const { partition } = batch;
+    if (batch.messages.length === 0) return;
+    if (!this.#reconciled.has(partition)) {
+      await this.#reconcile(partition, { fence: true });
+      this.#reconciled.add(partition);
+    }
+    const state = await this.#queue.partition(this.#opts.topic, partition);
+    const skipBelow = state?.next ?? -1n;
+    const entries: QueueEntry[] = [];
+    const dead: Array<{ offset: string; key: Buffer | null; value: Buffer | null; code: string; message: string }> = [];
+    let skipped = 0;
+    for (const m of batch.messages) {
+      const offset = BigInt(m.offset);
+      if (offset < skipBelow) {
+        skipped++;
+        continue;
+      }
+      const value = m.value === null ? null : new Uint8Array(m.value.buffer, m.value.byteOffset, m.value.byteLength);
+      const result = this.#opts.toRow(value);
+      if (result.ok) entries.push({ offset, row: result.row });
+      else dead.push({ offset: m.offset, key: m.key, value: m.value, code: result.code, message: result.message });
+    }
+    const next = BigInt(batch.lastOffset()) + 1n;
+    if (next <= skipBelow) {
+      this.#report(partition, batch.messages.length, skipped, 0, dead, batch.offsetLag());
+      return;
+    }
+    if (dead.length > 0) await this.#deadLetter(partition, dead);
+    const queued = await this.#appendWithBackpressure(partition, entries, next, {
+      heartbeat,
+      isRunning,
+      isStale,
+    });
+    if (queued === null) return;
+    await this.#commit(partition, next);
+    this.#report(partition, batch.messages.length, skipped, queued, dead, batch.offsetLag());
+  }
+
+  #report(
+    partition: number,
+    received: number,
+    skipped: number,
+    queued: number,
+    dead: Array<{ code: string }>,
+    lag: string,
+  ): void {
+    const deadLetterCodes: Record<string, number> = {};
+    for (const d of dead) deadLetterCodes[d.code] = (deadLetterCodes[d.code] ?? 0) + 1;
+    this.#status.lag[partition] = Number(lag);
+    this.#hooks.onBatch?.({
+      partition,
+      received,
+      skipped,
+      queued,
+      deadLettered: dead.length,
+      deadLetterCodes,
+      lag: Number(lag),
+    });
+  }
+
+  /** Sends dead letters and waits for every replica's acknowledgement. */
+  async #deadLetter(
+    partition: number,
+    dead: Array<{ offset: string; key: Buffer | null; value: Buffer | null; code: string; message: string }>,
+  ): Promise<void> {
+    await this.#producer.send({
+      topic: this.#opts.dlqTopic,
+      acks: -1,
+      messages: dead.map((d) => ({
+        key: d.key,
+        value: d.value,
+        headers: {
+          "anonymizer.source.topic": this.#opts.topic,
+          "anonymizer.source.partition": String(partition),
+          "anonymizer.source.offset": d.offset,
+          "anonymizer.error.code": d.code,
+          "anonymizer.error.message": d.message,
+        },
+      })),
+    });
+    for (const d of dead) {
+      log.warn("Dead-lettered offset {offset} of partition {partition}: {code}: {message}", {
+        offset: d.offset,
+        partition,
+        code: d.code,
+        message: d.message,
+      });
+    }
+  }
+
+  /**
+   * Appends to KV, retrying while KV refuses writes (disk full). Kafka keeps
+   * the unread messages meanwhile; heartbeats keep the group membership.
+   * Returns `null` if the batch was abandoned (stopping or rebalanced).
+   */
+  async #appendWithBackpressure(
+    partition: number,
+    entries: QueueEntry[],
+    next: bigint,
+    ctl: Pick<EachBatchPayload, "heartbeat" | "isRunning" | "isStale">,
+  ): Promise<number | null> {
+    let warnedAt = 0;
+    for (;;) {
+      try {
+        const n = await this.#queue.append(this.#opts.topic, partition, entries, { next });
+        if (this.#status.backpressure) {
+          this.#status.backpressure = false;
+          this.#hooks.onBackpressure?.(false);
+          log.info("KV accepts writes again; consumption resumed");
+        }
+        return n;
+      } catch (err) {
+        if (!(err instanceof QueueError) || !err.retriable) throw err;
+        if (!this.#status.backpressure) {
+          this.#status.backpressure = true;
+          this.#hooks.onBackpressure?.(true);
+        }
+        if (Date.now() - warnedAt > 60_000) {
+          warnedAt = Date.now();
+          log.error("Consumption paused as KV refuses writes ({code}); retrying: {error}", {
+            code: err.code,
+            error: err.message,
+          });
+        }
+        if (this.#stopping || !ctl.isRunning() || ctl.isStale()) return null;
+        await ctl.heartbeat();
+        await new Promise((r) => setTimeout(r, 2_000));
+      }
+    }
+  }
+}

@@ -1,0 +1,52 @@
+/**
+ * Command-line entry of anonymizer: `deno run -P main.ts <command> [options]`.
+ *
+ * @module
+ */
+
+/** A subcommand: its one-line summary and its entry point returning the exit code. */
+interface Command {
+  summary: string;
+  load: () => Promise<{ main: (args: string[]) => Promise<number> }>;
+}
+
+const COMMANDS: Record<string, Command> = {
+  run: {
+    summary: "consume http_log from Kafka and store it in ClickHouse (the service)",
+    load: () => import("./lib/run_command.ts"),
+  },
+  produce: {
+    summary: "write synthetic HttpLogRecord messages to Kafka",
+    load: () => import("./lib/produce_command.ts"),
+  },
+  migrate: {
+    summary: "create the ClickHouse database, tables and views",
+    load: () => import("./lib/migrate_command.ts"),
+  },
+  demo: {
+    summary: "migrate, produce and run the service, showing live progress",
+    load: () => import("./lib/demo_command.ts"),
+  },
+};
+
+const USAGE = `Usage: anonymizer <command> [options]
+
+Commands:
+${Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(10)}${c.summary}`).join("\n")}
+
+Run "anonymizer <command> --help" for the options of a command.`;
+
+if (import.meta.main) {
+  const [name, ...args] = Deno.args;
+  if (name === undefined || name === "--help" || name === "-h" || name === "help") {
+    console.log(USAGE);
+    Deno.exit(name === undefined ? 2 : 0);
+  }
+  const command = COMMANDS[name];
+  if (command === undefined) {
+    console.error(`Cannot run as the command is unknown: current value is ${JSON.stringify(name)}`);
+    console.error(USAGE);
+    Deno.exit(2);
+  }
+  Deno.exit(await (await command.load()).main(args));
+}
