@@ -15,6 +15,7 @@ import type { ClickHouseClient } from "./clickhouse_client.ts";
 import { ClickHouseError } from "./errors.ts";
 import type { BatchMeta, KvQueue, PackResult } from "./kv_queue.ts";
 import { nextSlotAt } from "./pacer.ts";
+import { pacedRequest } from "./_paced_request.ts";
 import type { HttpLogRow } from "./types.ts";
 
 const log = getLogger(["anonymizer", "flusher"]);
@@ -40,10 +41,22 @@ export interface FlushEvent {
   durationMs: number;
   /** Earliest time (ms) of the next request. */
   nextSlotAt: number;
-  /** Oldest row age when it landed, ms (inserts that landed only). */
-  latencyMs?: number | undefined;
   /** Error message without payload, when not ok. */
   error?: string | undefined;
+}
+
+/** A batch confirmed stored. */
+export interface Landing {
+  /** Batch id. */
+  batchId: bigint;
+  /** Rows stored. */
+  rows: number;
+  /** Body bytes. */
+  bytes: number;
+  /** Age of the batch's oldest row when confirmed, ms. */
+  latencyMs: number;
+  /** How it was confirmed. */
+  via: "insert" | "check";
 }
 
 /** Live state for progress displays and metrics. */
@@ -90,6 +103,8 @@ export interface FlusherOptions {
   candidateRows?: number;
   /** Called after every request. Default: none. */
   onEvent?: (event: FlushEvent) => void;
+  /** Called when a batch is confirmed stored, by its INSERT or by a check. Default: none. */
+  onLanded?: (landing: Landing) => void;
   /** Called when a single row is rejected as poison and must be dead-lettered. Default: none (kept and retried). */
   onPoisonRow?: (row: HttpLogRow, error: ClickHouseError) => Promise<void>;
   /** Clock. Default: `Date.now`. */
@@ -119,7 +134,8 @@ export interface FlusherOptions {
 export class Flusher {
   readonly #queue: KvQueue;
   readonly #client: ClickHouseClient;
-  readonly #opts: Required<Omit<FlusherOptions, "pack" | "onEvent" | "onPoisonRow">>;
+  readonly #opts: Required<Omit<FlusherOptions, "pack" | "onEvent" | "onLanded" | "onPoisonRow">>;
+  readonly #onLanded: FlusherOptions["onLanded"];
   readonly #pack: Packer | undefined;
   readonly #onEvent: ((event: FlushEvent) => void) | undefined;
   readonly #onPoisonRow: FlusherOptions["onPoisonRow"];
@@ -138,6 +154,7 @@ export class Flusher {
     this.#pack = options.pack;
     this.#onEvent = options.onEvent;
     this.#onPoisonRow = options.onPoisonRow;
+    this.#onLanded = options.onLanded;
     this.#opts = {
       database: options.database ?? "default",
       spacingMs: options.spacingMs ?? 62_500,
@@ -298,7 +315,7 @@ export class Flusher {
           what: `INSERT of batch ${batch.id}`,
         }), true);
       await this.#queue.markLanded(batch.id);
-      this.#emitLanded(batch, started);
+      this.#emitLanded(batch, started, "insert");
     } catch (err) {
       if (!(err instanceof ClickHouseError)) throw err;
       await this.#afterFailure(batch, prior, err);
@@ -377,7 +394,7 @@ export class Flusher {
         batchId: String(batch.id),
       });
       await this.#queue.markLanded(batch.id);
-      this.#emitLanded(batch, this.#opts.now());
+      this.#emitLanded(batch, this.#opts.now(), "check");
     } else if (stored === 0) {
       await this.#queue.markState(batch.id, "sealed");
     } else {
@@ -395,8 +412,9 @@ export class Flusher {
     }
   }
 
-  #emitLanded(batch: BatchMeta, started: number): void {
+  #emitLanded(batch: BatchMeta, started: number, via: Landing["via"]): void {
     const latencyMs = this.#opts.now() - batch.oldestEnqueuedAt;
+    this.#onLanded?.({ batchId: batch.id, rows: batch.rows, bytes: batch.bytes, latencyMs, via });
     log.info(
       "Flushed batch {batchId}: {rows} rows, {bytes} bytes, outcome ok, next slot in {nextSlotS} s",
       {
@@ -422,26 +440,21 @@ export class Flusher {
     send: (signal: AbortSignal) => Promise<T>,
     rethrow = false,
   ): Promise<T | null> {
-    const pacer = await this.#queue.pacer();
-    const sentAt = this.#opts.now();
-    await this.#queue.setPacer({ ...pacer, inflightSince: sentAt });
     this.#inflight = new AbortController();
     this.#status.inflight = true;
     const started = performance.now();
+    const signal = this.#inflight.signal;
     try {
-      const result = await send(this.#inflight.signal);
-      await this.#queue.setPacer({ lastConsumedAt: sentAt, inflightSince: null });
-      this.#lastRefusedAt = null;
-      this.#report(kind, batch, started, null, { lastConsumedAt: sentAt });
-      return result;
-    } catch (err) {
-      if (!(err instanceof ClickHouseError)) throw err;
-      const slotUnused = err.outcome === "refused" || err.outcome === "too_large";
-      if (slotUnused) this.#lastRefusedAt = this.#opts.now();
-      const lastConsumedAt = slotUnused ? pacer.lastConsumedAt : sentAt;
-      await this.#queue.setPacer({ lastConsumedAt, inflightSince: null });
-      this.#report(kind, batch, started, err, { lastConsumedAt });
-      if (rethrow) throw err;
+      const r = await pacedRequest(this.#queue, () => send(signal), { now: this.#opts.now });
+      const pacer = await this.#queue.pacer();
+      if (r.ok) {
+        this.#lastRefusedAt = null;
+        this.#report(kind, batch, started, null, pacer);
+        return r.value;
+      }
+      if (!r.slotUsed) this.#lastRefusedAt = this.#opts.now();
+      this.#report(kind, batch, started, r.error, pacer);
+      if (rethrow) throw r.error;
       return null;
     } finally {
       this.#inflight = null;
@@ -470,9 +483,6 @@ export class Flusher {
       bytes: batch.bytes,
       durationMs: Math.round(performance.now() - started),
       nextSlotAt: at,
-      latencyMs: err === null && kind === "insert" && batch.oldestEnqueuedAt !== undefined
-        ? this.#opts.now() - batch.oldestEnqueuedAt
-        : undefined,
       error: err?.message,
     };
     this.#status.last = event;

@@ -14,12 +14,13 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import { type Consumer, type EachBatchPayload, Kafka, type KafkaConfig, logLevel, type Producer } from "kafkajs";
+import { type Consumer, type EachBatchPayload, Kafka, type KafkaConfig, logLevel } from "kafkajs";
 import { QueueError } from "./errors.ts";
 import type { KvQueue, QueueEntry } from "./kv_queue.ts";
 import type { HttpLogRow } from "./types.ts";
 import { formatMetadata, parseMetadata, resolvePending, takeOver } from "./_commit_metadata.ts";
 import { kafkaLogCreator } from "./_kafka_log.ts";
+import type { DeadLetter, DeadLetterProducer } from "./_dead_letter.ts";
 
 const log = getLogger(["anonymizer", "kafka"]);
 
@@ -61,8 +62,8 @@ export interface KafkaSourceOptions {
   clientId?: string;
   /** Start position for partitions without a committed offset. Default: `"earliest"`. */
   offsetReset?: OffsetReset;
-  /** Dead-letter topic. Default: `"http_log.dlq"`. */
-  dlqTopic?: string;
+  /** Where invalid messages go. Required in practice; default: none, and a batch with an invalid message fails. */
+  deadLetters?: DeadLetterProducer;
   /** TLS: `true` or options passed to kafkajs. Default: `false`. */
   ssl?: KafkaConfig["ssl"];
   /** SASL credentials passed to kafkajs. Default: none. */
@@ -108,9 +109,9 @@ export class KafkaSource {
   readonly #queue: KvQueue;
   readonly #kafka: Kafka;
   readonly #consumer: Consumer;
-  readonly #producer: Producer;
+  readonly #deadLetters: DeadLetterProducer | undefined;
   readonly #opts: Required<
-    Pick<KafkaSourceOptions, "topic" | "groupId" | "offsetReset" | "dlqTopic" | "toRow">
+    Pick<KafkaSourceOptions, "topic" | "groupId" | "offsetReset" | "toRow">
   >;
   readonly #hooks: Pick<KafkaSourceOptions, "onBatch" | "onOwned" | "onBackpressure">;
   readonly #reconciled = new Set<number>();
@@ -125,7 +126,6 @@ export class KafkaSource {
       topic: options.topic ?? "http_log",
       groupId: options.groupId ?? "anonymizer",
       offsetReset: options.offsetReset ?? "earliest",
-      dlqTopic: options.dlqTopic ?? "http_log.dlq",
       toRow: options.toRow ?? (() => ({ ok: false, code: "no_decoder", message: "no decoder configured" })),
     };
     this.#hooks = options;
@@ -143,7 +143,7 @@ export class KafkaSource {
       heartbeatInterval: 3_000,
       retry: { retries: Number.MAX_SAFE_INTEGER, maxRetryTime: 10_000 },
     });
-    this.#producer = this.#kafka.producer({ allowAutoTopicCreation: true });
+    this.#deadLetters = options.deadLetters;
   }
 
   /** Live state. */
@@ -179,7 +179,6 @@ export class KafkaSource {
     c.on(c.events.STOP, () => {
       this.#status.joined = false;
     });
-    await this.#producer.connect();
     await c.connect();
     await c.subscribe({
       topic: this.#opts.topic,
@@ -200,7 +199,6 @@ export class KafkaSource {
   async stop(): Promise<void> {
     this.#stopping = true;
     await this.#consumer.disconnect();
-    await this.#producer.disconnect();
     this.#status.joined = false;
   }
 
@@ -320,7 +318,7 @@ export class KafkaSource {
     const state = await this.#queue.partition(this.#opts.topic, partition);
     const skipBelow = state?.next ?? -1n;
     const entries: QueueEntry[] = [];
-    const dead: Array<{ offset: string; key: Buffer | null; value: Buffer | null; code: string; message: string }> = [];
+    const dead: DeadLetter[] = [];
     let skipped = 0;
     for (const m of batch.messages) {
       const offset = BigInt(m.offset);
@@ -331,14 +329,22 @@ export class KafkaSource {
       const value = m.value === null ? null : new Uint8Array(m.value.buffer, m.value.byteOffset, m.value.byteLength);
       const result = this.#opts.toRow(value);
       if (result.ok) entries.push({ offset, row: result.row });
-      else dead.push({ offset: m.offset, key: m.key, value: m.value, code: result.code, message: result.message });
+      else {
+        const key = m.key === null ? null : new Uint8Array(m.key.buffer, m.key.byteOffset, m.key.byteLength);
+        dead.push({ partition, offset: m.offset, key, value, code: result.code, message: result.message });
+      }
     }
     const next = BigInt(batch.lastOffset()) + 1n;
     if (next <= skipBelow) {
       this.#report(partition, batch.messages.length, skipped, 0, dead, batch.offsetLag());
       return;
     }
-    if (dead.length > 0) await this.#deadLetter(partition, dead);
+    if (dead.length > 0) {
+      if (this.#deadLetters === undefined) {
+        throw new Error(`Cannot dead-letter ${dead.length} messages of partition ${partition}: no dead-letter producer`);
+      }
+      await this.#deadLetters.send(dead);
+    }
     const queued = await this.#appendWithBackpressure(partition, entries, next, {
       heartbeat,
       isRunning,
@@ -369,36 +375,6 @@ export class KafkaSource {
       deadLetterCodes,
       lag: Number(lag),
     });
-  }
-
-  /** Sends dead letters and waits for every replica's acknowledgement. */
-  async #deadLetter(
-    partition: number,
-    dead: Array<{ offset: string; key: Buffer | null; value: Buffer | null; code: string; message: string }>,
-  ): Promise<void> {
-    await this.#producer.send({
-      topic: this.#opts.dlqTopic,
-      acks: -1,
-      messages: dead.map((d) => ({
-        key: d.key,
-        value: d.value,
-        headers: {
-          "anonymizer.source.topic": this.#opts.topic,
-          "anonymizer.source.partition": String(partition),
-          "anonymizer.source.offset": d.offset,
-          "anonymizer.error.code": d.code,
-          "anonymizer.error.message": d.message,
-        },
-      })),
-    });
-    for (const d of dead) {
-      log.warn("Dead-lettered offset {offset} of partition {partition}: {code}: {message}", {
-        offset: d.offset,
-        partition,
-        code: d.code,
-        message: d.message,
-      });
-    }
   }
 
   /**

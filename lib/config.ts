@@ -1,0 +1,366 @@
+/**
+ * Service configuration: every setting comes from an environment variable
+ * and a matching `--flag` (the flag wins), is validated at start-up, and
+ * fails with a one-line {@linkcode ConfigError} naming the setting and value.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { ConfigError } from "./errors.ts";
+import type { OffsetReset } from "./kafka_source.ts";
+
+/** The validated configuration of `anonymizer run`. */
+export interface Config {
+  kafkaBrokers: string[];
+  kafkaTopic: string;
+  kafkaGroupId: string;
+  kafkaClientId: string;
+  kafkaOffsetReset: OffsetReset;
+  kafkaDlqTopic: string;
+  kafkaSsl: boolean;
+  kafkaSaslMechanism: "plain" | "scram-sha-256" | "scram-sha-512" | null;
+  kafkaSaslUsername: string;
+  kafkaSaslPassword: string;
+  clickhouseUrl: string;
+  clickhouseDatabase: string;
+  clickhouseUser: string;
+  clickhousePassword: string;
+  clickhouseSpacingMs: number;
+  clickhouseMarginMs: number;
+  clickhouseBodyLimit: number;
+  clickhouseTimeoutMs: number;
+  clickhouseEncoding: string;
+  clickhouseDedup: "auto" | "check" | "token";
+  kvPath: string;
+  logLevel: "trace" | "debug" | "info" | "warning" | "error" | "fatal";
+  logFormat: "text" | "json";
+  metricsListen: { hostname: string; port: number } | null;
+  shutdownGraceMs: number;
+}
+
+/** One setting: where it comes from, its default, and how it is checked. */
+export interface Setting {
+  /** Environment variable. */
+  env: string;
+  /** Command-line flag, without the leading `--`. */
+  flag: string;
+  /** Field of {@linkcode Config}. */
+  key: keyof Config;
+  /** Default as the user would type it. */
+  default: string;
+  /** One-line description for `--help` and the README. */
+  help: string;
+  /** Parses a raw value; returns an error rule (e.g. `"must be a positive integer"`) via `fail`. */
+  parse: (raw: string, fail: (rule: string) => never) => unknown;
+}
+
+const HOST_PORT = /^[A-Za-z0-9.\-]+:\d{1,5}$/;
+
+const int = (min: number, max = Number.MAX_SAFE_INTEGER) => (raw: string, fail: (r: string) => never) => {
+  if (!/^\d+$/.test(raw)) fail(`must be an integer from ${min} to ${max}`);
+  const n = Number(raw);
+  if (n < min || n > max) fail(`must be an integer from ${min} to ${max}`);
+  return n;
+};
+
+const oneOf = <T extends string>(...values: T[]) => (raw: string, fail: (r: string) => never): T => {
+  const v = raw.toLowerCase() as T;
+  if (!values.includes(v)) fail(`must be one of ${values.join(", ")}`);
+  return v;
+};
+
+const nonEmpty = (raw: string, fail: (r: string) => never) => {
+  if (raw.trim() === "") fail("must not be empty");
+  return raw.trim();
+};
+
+const identifier = (raw: string, fail: (r: string) => never) => {
+  if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(raw)) fail("must be a plain identifier ([A-Za-z_][A-Za-z0-9_]*)");
+  return raw;
+};
+
+/** Every setting, in the order `--help` and the README list them. */
+export const SETTINGS: readonly Setting[] = [
+  {
+    env: "KAFKA_BROKERS",
+    flag: "kafka-brokers",
+    key: "kafkaBrokers",
+    default: "127.0.0.1:9092",
+    help: "Kafka bootstrap brokers, comma-separated host:port",
+    parse: (raw, fail) => {
+      const list = raw.split(",").map((s) => s.trim());
+      if (list.some((b) => !HOST_PORT.test(b))) fail("must be host:port[,host:port...]");
+      return list;
+    },
+  },
+  {
+    env: "KAFKA_TOPIC",
+    flag: "kafka-topic",
+    key: "kafkaTopic",
+    default: "http_log",
+    help: "Topic to consume",
+    parse: nonEmpty,
+  },
+  {
+    env: "KAFKA_GROUP_ID",
+    flag: "kafka-group-id",
+    key: "kafkaGroupId",
+    default: "anonymizer",
+    help: "Consumer group id",
+    parse: nonEmpty,
+  },
+  {
+    env: "KAFKA_CLIENT_ID",
+    flag: "kafka-client-id",
+    key: "kafkaClientId",
+    default: "anonymizer",
+    help: "Kafka client id",
+    parse: nonEmpty,
+  },
+  {
+    env: "KAFKA_OFFSET_RESET",
+    flag: "kafka-offset-reset",
+    key: "kafkaOffsetReset",
+    default: "earliest",
+    help: "Start of a group without committed offsets: earliest, latest, or a time (ISO 8601 or epoch ms)",
+    parse: (raw, fail): OffsetReset => {
+      const v = raw.trim().toLowerCase();
+      if (v === "earliest" || v === "latest") return v;
+      const t = /^\d+$/.test(v) ? Number(v) : Date.parse(raw);
+      if (!Number.isFinite(t) || t < 0) fail("must be earliest, latest, an ISO 8601 time or epoch milliseconds");
+      return { timestamp: t };
+    },
+  },
+  {
+    env: "KAFKA_DLQ_TOPIC",
+    flag: "kafka-dlq-topic",
+    key: "kafkaDlqTopic",
+    default: "http_log.dlq",
+    help: "Dead-letter topic for messages that cannot be stored",
+    parse: nonEmpty,
+  },
+  {
+    env: "KAFKA_SSL",
+    flag: "kafka-ssl",
+    key: "kafkaSsl",
+    default: "false",
+    help: "Connect to Kafka over TLS (true or false)",
+    parse: (raw, fail) => oneOf("true", "false")(raw, fail) === "true",
+  },
+  {
+    env: "KAFKA_SASL_MECHANISM",
+    flag: "kafka-sasl-mechanism",
+    key: "kafkaSaslMechanism",
+    default: "",
+    help: "SASL mechanism: plain, scram-sha-256 or scram-sha-512; empty for none",
+    parse: (raw, fail) => raw === "" ? null : oneOf("plain", "scram-sha-256", "scram-sha-512")(raw, fail),
+  },
+  {
+    env: "KAFKA_SASL_USERNAME",
+    flag: "kafka-sasl-username",
+    key: "kafkaSaslUsername",
+    default: "",
+    help: "SASL user name",
+    parse: (raw) => raw,
+  },
+  {
+    env: "KAFKA_SASL_PASSWORD",
+    flag: "kafka-sasl-password",
+    key: "kafkaSaslPassword",
+    default: "",
+    help: "SASL password",
+    parse: (raw) => raw,
+  },
+  {
+    env: "CLICKHOUSE_URL",
+    flag: "clickhouse-url",
+    key: "clickhouseUrl",
+    default: "http://127.0.0.1:8124",
+    help: "ClickHouse HTTP endpoint, normally ch-proxy",
+    parse: (raw, fail) => {
+      let u: URL;
+      try {
+        u = new URL(raw);
+      } catch {
+        return fail("must be an http:// or https:// URL");
+      }
+      if (u.protocol !== "http:" && u.protocol !== "https:") fail("must be an http:// or https:// URL");
+      if (u.username || u.password) fail("must not contain credentials (use CLICKHOUSE_USER/CLICKHOUSE_PASSWORD)");
+      return raw.replace(/\/+$/, "");
+    },
+  },
+  {
+    env: "CLICKHOUSE_DATABASE",
+    flag: "clickhouse-database",
+    key: "clickhouseDatabase",
+    default: "default",
+    help: "Database holding http_log",
+    parse: identifier,
+  },
+  {
+    env: "CLICKHOUSE_USER",
+    flag: "clickhouse-user",
+    key: "clickhouseUser",
+    default: "default",
+    help: "ClickHouse user",
+    parse: nonEmpty,
+  },
+  {
+    env: "CLICKHOUSE_PASSWORD",
+    flag: "clickhouse-password",
+    key: "clickhousePassword",
+    default: "",
+    help: "ClickHouse password (sent with HTTP basic auth)",
+    parse: (raw) => raw,
+  },
+  {
+    env: "CLICKHOUSE_SPACING_MS",
+    flag: "clickhouse-spacing-ms",
+    key: "clickhouseSpacingMs",
+    default: "62500",
+    help: "Minimum spacing between requests, ms (stock ch-proxy: 62500)",
+    parse: int(1),
+  },
+  {
+    env: "CLICKHOUSE_MARGIN_MS",
+    flag: "clickhouse-margin-ms",
+    key: "clickhouseMarginMs",
+    default: "750",
+    help: "Safety margin added to the spacing, ms",
+    parse: int(0, 60_000),
+  },
+  {
+    env: "CLICKHOUSE_BODY_LIMIT",
+    flag: "clickhouse-body-limit",
+    key: "clickhouseBodyLimit",
+    default: "1048576",
+    help: "Largest request body, bytes (ch-proxy's client_max_body_size)",
+    parse: int(4096, 1 << 30),
+  },
+  {
+    env: "CLICKHOUSE_TIMEOUT_MS",
+    flag: "clickhouse-timeout-ms",
+    key: "clickhouseTimeoutMs",
+    default: "30000",
+    help: "Per-request timeout, ms",
+    parse: int(100, 600_000),
+  },
+  {
+    env: "CLICKHOUSE_ENCODING",
+    flag: "clickhouse-encoding",
+    key: "clickhouseEncoding",
+    default: "auto",
+    help: "Body encoding: auto (by server version), native_zstd, rowbinary_gzip or rowbinary",
+    parse: oneOf("auto", "native_zstd", "rowbinary_gzip", "rowbinary"),
+  },
+  {
+    env: "CLICKHOUSE_DEDUP",
+    flag: "clickhouse-dedup",
+    key: "clickhouseDedup",
+    default: "auto",
+    help: "Resolving unknown outcomes: check (one SELECT), token (insert_deduplication_token), auto",
+    parse: oneOf("auto", "check", "token"),
+  },
+  {
+    env: "KV_PATH",
+    flag: "kv-path",
+    key: "kvPath",
+    default: "data/anonymizer.kv",
+    help: "Deno KV file holding the durable queue",
+    parse: nonEmpty,
+  },
+  {
+    env: "LOG_LEVEL",
+    flag: "log-level",
+    key: "logLevel",
+    default: "info",
+    help: "trace, debug, info, warning, error or fatal",
+    parse: oneOf("trace", "debug", "info", "warning", "error", "fatal"),
+  },
+  {
+    env: "LOG_FORMAT",
+    flag: "log-format",
+    key: "logFormat",
+    default: "text",
+    help: "text or json (one JSON object per line)",
+    parse: oneOf("text", "json"),
+  },
+  {
+    env: "METRICS_LISTEN",
+    flag: "metrics-listen",
+    key: "metricsListen",
+    default: "127.0.0.1:9464",
+    help: "host:port of /metrics, /healthz and /readyz; empty to disable",
+    parse: (raw, fail) => {
+      if (raw === "") return null;
+      if (!HOST_PORT.test(raw)) fail("must be host:port or empty");
+      const i = raw.lastIndexOf(":");
+      const port = Number(raw.slice(i + 1));
+      if (port > 65_535) fail("must be host:port or empty");
+      return { hostname: raw.slice(0, i), port };
+    },
+  },
+  {
+    env: "SHUTDOWN_GRACE_MS",
+    flag: "shutdown-grace-ms",
+    key: "shutdownGraceMs",
+    default: "10000",
+    help: "How long a request in flight may finish on SIGTERM/SIGINT, ms",
+    parse: int(0, 600_000),
+  },
+];
+
+/**
+ * Reads the configuration from `env` and command-line `args`.
+ * Throws {@linkcode ConfigError} for the first bad value, or for an unknown flag.
+ *
+ * @example
+ * ```ts
+ * import { loadConfig } from "./config.ts";
+ * import { ConfigError } from "./errors.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const config = loadConfig({ KAFKA_TOPIC: "logs" }, ["--clickhouse-spacing-ms", "1000"]);
+ * assert.equal(config.kafkaTopic, "logs");
+ * assert.equal(config.clickhouseSpacingMs, 1000);
+ * assert.throws(
+ *   () => loadConfig({ KAFKA_BROKERS: "x" }, []),
+ *   new ConfigError("KAFKA_BROKERS", "x", "must be host:port[,host:port...]"),
+ * );
+ * ```
+ */
+export function loadConfig(env: Record<string, string | undefined>, args: readonly string[]): Config {
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    values = parseArgs({
+      args: [...args],
+      options: Object.fromEntries(SETTINGS.map((s) => [s.flag, { type: "string" as const }])),
+      strict: true,
+      allowPositionals: false,
+    }).values;
+  } catch (cause) {
+    const flag = /'(--?[^']+)'/.exec(String(cause))?.[1] ?? args.join(" ");
+    throw new ConfigError("the command line", flag, "has an unknown option or a missing value", { cause });
+  }
+  const out: Record<string, unknown> = {};
+  for (const s of SETTINGS) {
+    const fromFlag = values[s.flag];
+    const raw = typeof fromFlag === "string" ? fromFlag : env[s.env] ?? s.default;
+    const name = typeof fromFlag === "string" ? `--${s.flag}` : s.env;
+    out[s.key] = s.parse(raw, (rule) => {
+      throw new ConfigError(name, raw, rule);
+    });
+  }
+  const config = out as unknown as Config;
+  if (config.kafkaSaslMechanism !== null && config.kafkaSaslUsername === "") {
+    throw new ConfigError("KAFKA_SASL_USERNAME", "", "must be set when KAFKA_SASL_MECHANISM is");
+  }
+  return config;
+}
+
+/** The settings table for `--help`: flag, environment variable, default, description. */
+export function settingsHelp(): string {
+  return SETTINGS.map((s) =>
+    `  --${s.flag.padEnd(24)} ${s.env.padEnd(22)} default ${JSON.stringify(s.default).padEnd(24)} ${s.help}`
+  ).join("\n");
+}

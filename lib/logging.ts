@@ -1,0 +1,42 @@
+/**
+ * Structured logging setup. Every module logs through logtape under the
+ * `["anonymizer", ...]` category; this decides the level and line format.
+ *
+ * @module
+ */
+import { configure, getConsoleSink, getJsonLinesFormatter, getTextFormatter, type LogLevel } from "@logtape/logtape";
+
+/** Options of {@linkcode configureLogging}. */
+export interface LoggingOptions {
+  /** Lowest level written. Default: `"info"`. */
+  level?: LogLevel;
+  /** `"text"` for people, `"json"` for log shippers (one object per line). Default: `"text"`. */
+  format?: "text" | "json";
+}
+
+/**
+ * Configures logtape for the process. Call once, before the first log line.
+ *
+ * @example
+ * ```ts
+ * import { configureLogging } from "./logging.ts";
+ * import { getLogger, reset } from "@logtape/logtape";
+ *
+ * await configureLogging({ level: "warning", format: "json" });
+ * getLogger(["anonymizer", "example"]).info("not written: below warning");
+ * await reset();
+ * ```
+ */
+export async function configureLogging(options: LoggingOptions = {}): Promise<void> {
+  const formatter = options.format === "json"
+    ? getJsonLinesFormatter({ properties: "flatten" })
+    : getTextFormatter({ timestamp: "date-time-timezone" });
+  await configure({
+    reset: true,
+    sinks: { console: getConsoleSink({ formatter }) },
+    loggers: [
+      { category: ["anonymizer"], lowestLevel: options.level ?? "info", sinks: ["console"] },
+      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["console"] },
+    ],
+  });
+}

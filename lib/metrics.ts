@@ -1,0 +1,237 @@
+/**
+ * Prometheus metrics of the service, named by Prometheus conventions
+ * (`anonymizer_` prefix, `_total` counters, base units). Labels carry only
+ * bounded values: partitions, outcomes and error codes, never addresses.
+ *
+ * @module
+ */
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { FlushEvent, Landing } from "./flusher.ts";
+import type { KvQueue } from "./kv_queue.ts";
+import type { SourceBatchEvent } from "./kafka_source.ts";
+
+/** Live values read at scrape time. */
+export interface MetricsSources {
+  /** The queue, for its size and age. */
+  queue: KvQueue;
+  /** Seconds until the next allowed request. */
+  nextRequestSeconds: () => number;
+  /** Lag per partition. */
+  lag: () => Record<number, number>;
+  /** Whether consumption is paused by KV back-pressure. */
+  backpressure: () => boolean;
+}
+
+/** The service's metrics. */
+export interface Metrics {
+  /** The registry to expose. */
+  registry: Registry;
+  /** Records a Kafka batch. */
+  onBatch(event: SourceBatchEvent): void;
+  /** Records a ClickHouse request. */
+  onFlush(event: FlushEvent): void;
+  /** Records a batch confirmed stored. */
+  onLanded(landing: Landing): void;
+  /** Records rows dead-lettered after ClickHouse rejected them. */
+  onPoisonRows(count: number): void;
+}
+
+/** Maps a request result to the `outcome` label: 2xx, 503, 413, 5xx, timeout or unknown. */
+function outcomeLabel(e: FlushEvent): string {
+  if (e.outcome === "ok") return "2xx";
+  if (e.outcome === "refused") return e.status === 503 ? "503" : "unknown";
+  if (e.outcome === "too_large") return "413";
+  if (e.status !== undefined) return e.status >= 500 ? "5xx" : "4xx";
+  return /timed out/.test(e.error ?? "") ? "timeout" : "unknown";
+}
+
+/**
+ * Creates the metrics, reading live values from `sources` at scrape time.
+ *
+ * @example
+ * ```ts
+ * import { createMetrics } from "./metrics.ts";
+ * import { openQueue } from "./kv_queue.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const dir = await Deno.makeTempDir();
+ * await using queue = await openQueue(`${dir}/q.sqlite3`);
+ * const metrics = createMetrics({
+ *   queue,
+ *   nextRequestSeconds: () => 12,
+ *   lag: () => ({ 0: 5 }),
+ *   backpressure: () => false,
+ * });
+ * metrics.onBatch({
+ *   partition: 0, received: 3, skipped: 0, queued: 2, deadLettered: 1,
+ *   deadLetterCodes: { empty: 1 }, lag: 5,
+ * });
+ * const text = await metrics.registry.metrics();
+ * assert.match(text, /anonymizer_records_consumed_total 3/);
+ * assert.match(text, /anonymizer_records_dead_lettered_total\{reason="empty"\} 1/);
+ * assert.match(text, /anonymizer_next_request_seconds 12/);
+ * ```
+ */
+export function createMetrics(sources: MetricsSources): Metrics {
+  const registry = new Registry();
+  const r = [registry];
+  const consumed = new Counter({
+    name: "anonymizer_records_consumed_total",
+    help: "Kafka messages handled (queued or dead-lettered), excluding redelivered duplicates",
+    registers: r,
+  });
+  const skipped = new Counter({
+    name: "anonymizer_records_redelivered_total",
+    help: "Kafka messages skipped because they were already queued (redelivery after a crash or rebalance)",
+    registers: r,
+  });
+  const queued = new Counter({
+    name: "anonymizer_records_queued_total",
+    help: "Rows appended to the KV queue",
+    registers: r,
+  });
+  const flushed = new Counter({
+    name: "anonymizer_records_flushed_total",
+    help: "Rows confirmed stored in ClickHouse",
+    registers: r,
+  });
+  const dead = new Counter({
+    name: "anonymizer_records_dead_lettered_total",
+    help: "Messages or rows sent to the dead-letter topic, by reason",
+    labelNames: ["reason"],
+    registers: r,
+  });
+  const requests = new Counter({
+    name: "anonymizer_clickhouse_requests_total",
+    help: "Requests to ClickHouse through ch-proxy, by kind and outcome",
+    labelNames: ["kind", "outcome"],
+    registers: r,
+  });
+  const rowsPerRequest = new Histogram({
+    name: "anonymizer_request_rows",
+    help: "Rows per successful INSERT",
+    buckets: [100, 1_000, 5_000, 10_000, 15_000, 18_000, 20_000, 25_000, 40_000],
+    registers: r,
+  });
+  const bytesPerRequest = new Histogram({
+    name: "anonymizer_request_body_bytes",
+    help: "Body bytes per successful INSERT",
+    buckets: [65_536, 262_144, 524_288, 786_432, 943_718, 1_017_119, 1_048_576],
+    registers: r,
+  });
+  const latency = new Histogram({
+    name: "anonymizer_delivery_latency_seconds",
+    help: "Age of the oldest row of a batch when ClickHouse confirmed it",
+    buckets: [5, 15, 30, 60, 65, 90, 120, 180, 300, 600, 1_800, 3_600],
+    registers: r,
+  });
+  new Gauge({
+    name: "anonymizer_next_request_seconds",
+    help: "Seconds until ch-proxy allows the next request",
+    registers: r,
+    collect() {
+      this.set(Math.max(0, sources.nextRequestSeconds()));
+    },
+  });
+  new Gauge({
+    name: "anonymizer_consumer_lag",
+    help: "Messages between the last consumed offset and the high watermark, per partition",
+    labelNames: ["partition"],
+    registers: r,
+    collect() {
+      this.reset();
+      for (const [p, lag] of Object.entries(sources.lag())) this.set({ partition: p }, lag);
+    },
+  });
+  new Gauge({
+    name: "anonymizer_backpressure",
+    help: "1 while consumption is paused because KV refuses writes (e.g. disk full)",
+    registers: r,
+    collect() {
+      this.set(sources.backpressure() ? 1 : 0);
+    },
+  });
+  const queueRows = new Gauge({
+    name: "anonymizer_queue_rows",
+    help: "Rows waiting in the KV queue, including the sealed batch",
+    registers: r,
+  });
+  const queueBytes = new Gauge({
+    name: "anonymizer_queue_head_bytes",
+    help: "Bytes of the oldest chunk per partition (a cheap sample; see anonymizer_kv_disk_bytes for size)",
+    registers: r,
+  });
+  const oldest = new Gauge({
+    name: "anonymizer_queue_oldest_age_seconds",
+    help: "Age of the oldest queued row",
+    registers: r,
+  });
+  const disk = new Gauge({
+    name: "anonymizer_kv_disk_bytes",
+    help: "Size on disk of the KV files (database and write-ahead log)",
+    registers: r,
+  });
+  // One async collector refreshes every KV-derived gauge per scrape.
+  new Gauge({
+    name: "anonymizer_queue_landed_rows",
+    help: "Rows this KV has ever seen confirmed stored (survives restarts)",
+    registers: r,
+    async collect() {
+      const s = await sources.queue.stats();
+      queueRows.set(s.queuedRows + s.sealedRows);
+      queueBytes.set(s.queuedBytes);
+      oldest.set(s.oldestAgeMs / 1000);
+      this.set(s.landedRows);
+      let bytes = 0;
+      for (const suffix of ["", "-wal", "-shm"]) {
+        try {
+          bytes += (await Deno.stat(sources.queue.path + suffix)).size;
+        } catch {
+          // The WAL and SHM files exist only while SQLite needs them.
+        }
+      }
+      disk.set(bytes);
+    },
+  });
+  new Gauge({
+    name: "anonymizer_process_resident_memory_bytes",
+    help: "Resident set size",
+    registers: r,
+    collect() {
+      this.set(Deno.memoryUsage().rss);
+    },
+  });
+  new Gauge({
+    name: "anonymizer_process_cpu_seconds_total",
+    help: "User and system CPU time spent",
+    registers: r,
+    collect() {
+      const u = process.cpuUsage();
+      this.set((u.user + u.system) / 1e6);
+    },
+  });
+
+  return {
+    registry,
+    onBatch(e) {
+      consumed.inc(e.received - e.skipped);
+      skipped.inc(e.skipped);
+      queued.inc(e.queued);
+      for (const [reason, n] of Object.entries(e.deadLetterCodes)) dead.inc({ reason }, n);
+    },
+    onFlush(e) {
+      requests.inc({ kind: e.kind, outcome: outcomeLabel(e) });
+    },
+    onLanded(l) {
+      flushed.inc(l.rows);
+      latency.observe(l.latencyMs / 1000);
+      if (l.via === "insert") {
+        rowsPerRequest.observe(l.rows);
+        bytesPerRequest.observe(l.bytes);
+      }
+    },
+    onPoisonRows(n) {
+      dead.inc({ reason: "clickhouse_rejected" }, n);
+    },
+  };
+}

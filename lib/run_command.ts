@@ -1,0 +1,57 @@
+/**
+ * `anonymizer run`: the service, until SIGTERM or SIGINT.
+ *
+ * @module
+ */
+import { type Config, loadConfig, settingsHelp } from "./config.ts";
+import { ConfigError } from "./errors.ts";
+import { configureLogging } from "./logging.ts";
+import { startService } from "./service.ts";
+
+const HELP = `Usage: anonymizer run [options]
+
+Consumes HttpLogRecord messages from Kafka, masks client addresses and stores
+every record exactly once in ClickHouse through ch-proxy, queueing in Deno KV.
+Stops gracefully on SIGTERM or SIGINT.
+
+Every option can also be set by its environment variable (the flag wins):
+${settingsHelp()}`;
+
+/**
+ * Parses settings, or prints a one-line error and returns exit code 2.
+ * Shared by the commands that take the service settings.
+ */
+export function configOrExit(args: string[], help: string): Config | number {
+  if (args.includes("--help") || args.includes("-h")) {
+    console.log(help);
+    return 0;
+  }
+  try {
+    return loadConfig(Deno.env.toObject(), args);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      console.error(err.message);
+      return 2;
+    }
+    throw err;
+  }
+}
+
+/** Entry point of `anonymizer run`; resolves to the exit code. */
+export async function main(args: string[]): Promise<number> {
+  const config = configOrExit(args, HELP);
+  if (typeof config === "number") return config;
+  await configureLogging({ level: config.logLevel, format: config.logFormat });
+  const service = await startService(config);
+  const { promise: signalled, resolve } = Promise.withResolvers<string>();
+  const onSignal = (name: string) => () => resolve(name);
+  const handlers = (["SIGTERM", "SIGINT"] as const).map((sig) => {
+    const h = onSignal(sig);
+    Deno.addSignalListener(sig, h);
+    return [sig, h] as const;
+  });
+  await signalled;
+  for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
+  await service.stop();
+  return 0;
+}
