@@ -304,6 +304,12 @@ export class Flusher {
       params.deduplicate_blocks_in_dependent_materialized_views = "1";
     }
     await this.#queue.markSending(batch.id);
+    log.debug("Sending INSERT of batch {batchId}: {rows} rows, {bytes} bytes, attempt {attempt}", {
+      batchId: String(batch.id),
+      rows: batch.rows,
+      bytes: batch.bytes,
+      attempt: batch.attempts + 1,
+    });
     const started = this.#opts.now();
     try {
       await this.#paced("insert", batch, (signal) =>

@@ -135,7 +135,7 @@ export async function startService(config: Config, options: ServiceOptions = {})
     signal: stopping.signal,
   });
   // The watchdog: a lost timer or a partition revoked mid-commit cannot stall delivery.
-  const cron = Deno.cron(`anonymizer watchdog ${queue.instanceId}`, "* * * * *", {
+  const cron = Deno.cron(`anonymizer watchdog ${queue.instanceId.slice(-12)}`, "* * * * *", {
     signal: stopping.signal,
   }, async () => {
     flusher.wake();
