@@ -59,7 +59,10 @@ export function takeOver(
 ): Array<[bigint, string]> {
   if (current === null) return [];
   if (current.committer === self) return current.handovers;
-  return [[groupOffset, current.committer] as [bigint, string], ...current.handovers].slice(0, HISTORY);
+  return [[groupOffset, current.committer] as [bigint, string], ...current.handovers].slice(
+    0,
+    HISTORY,
+  );
 }
 
 /** What to do with a partition's pending rows `[committed, next)`. */

@@ -37,7 +37,13 @@ export class DeadLetterProducer {
 
   constructor(
     brokers: string[],
-    options: { topic: string; sourceTopic: string; clientId: string; ssl?: KafkaConfig["ssl"]; sasl?: KafkaConfig["sasl"] },
+    options: {
+      topic: string;
+      sourceTopic: string;
+      clientId: string;
+      ssl?: KafkaConfig["ssl"];
+      sasl?: KafkaConfig["sasl"];
+    },
   ) {
     this.#topic = options.topic;
     this.#sourceTopic = options.sourceTopic;

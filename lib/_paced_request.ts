@@ -33,7 +33,10 @@ export async function pacedRequest<T>(
   } catch (err) {
     const slotUsed = !(err instanceof ClickHouseError) ||
       !(err.outcome === "refused" || err.outcome === "too_large");
-    await queue.setPacer({ lastConsumedAt: slotUsed ? sentAt : pacer.lastConsumedAt, inflightSince: null });
+    await queue.setPacer({
+      lastConsumedAt: slotUsed ? sentAt : pacer.lastConsumedAt,
+      inflightSince: null,
+    });
     if (!(err instanceof ClickHouseError)) throw err;
     return { ok: false, error: err, slotUsed };
   }

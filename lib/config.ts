@@ -56,18 +56,20 @@ export interface Setting {
 
 const HOST_PORT = /^[A-Za-z0-9.\-]+:\d{1,5}$/;
 
-const int = (min: number, max = Number.MAX_SAFE_INTEGER) => (raw: string, fail: (r: string) => never) => {
-  if (!/^\d+$/.test(raw)) fail(`must be an integer from ${min} to ${max}`);
-  const n = Number(raw);
-  if (n < min || n > max) fail(`must be an integer from ${min} to ${max}`);
-  return n;
-};
+const int =
+  (min: number, max = Number.MAX_SAFE_INTEGER) => (raw: string, fail: (r: string) => never) => {
+    if (!/^\d+$/.test(raw)) fail(`must be an integer from ${min} to ${max}`);
+    const n = Number(raw);
+    if (n < min || n > max) fail(`must be an integer from ${min} to ${max}`);
+    return n;
+  };
 
-const oneOf = <T extends string>(...values: T[]) => (raw: string, fail: (r: string) => never): T => {
-  const v = raw.toLowerCase() as T;
-  if (!values.includes(v)) fail(`must be one of ${values.join(", ")}`);
-  return v;
-};
+const oneOf =
+  <T extends string>(...values: T[]) => (raw: string, fail: (r: string) => never): T => {
+    const v = raw.toLowerCase() as T;
+    if (!values.includes(v)) fail(`must be one of ${values.join(", ")}`);
+    return v;
+  };
 
 const nonEmpty = (raw: string, fail: (r: string) => never) => {
   if (raw.trim() === "") fail("must not be empty");
@@ -75,7 +77,9 @@ const nonEmpty = (raw: string, fail: (r: string) => never) => {
 };
 
 const identifier = (raw: string, fail: (r: string) => never) => {
-  if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(raw)) fail("must be a plain identifier ([A-Za-z_][A-Za-z0-9_]*)");
+  if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(raw)) {
+    fail("must be a plain identifier ([A-Za-z_][A-Za-z0-9_]*)");
+  }
   return raw;
 };
 
@@ -122,12 +126,15 @@ export const SETTINGS: readonly Setting[] = [
     flag: "kafka-offset-reset",
     key: "kafkaOffsetReset",
     default: "earliest",
-    help: "Start of a group without committed offsets: earliest, latest, or a time (ISO 8601 or epoch ms)",
+    help:
+      "Start of a group without committed offsets: earliest, latest, or a time (ISO 8601 or epoch ms)",
     parse: (raw, fail): OffsetReset => {
       const v = raw.trim().toLowerCase();
       if (v === "earliest" || v === "latest") return v;
       const t = /^\d+$/.test(v) ? Number(v) : Date.parse(raw);
-      if (!Number.isFinite(t) || t < 0) fail("must be earliest, latest, an ISO 8601 time or epoch milliseconds");
+      if (!Number.isFinite(t) || t < 0) {
+        fail("must be earliest, latest, an ISO 8601 time or epoch milliseconds");
+      }
       return { timestamp: t };
     },
   },
@@ -153,7 +160,8 @@ export const SETTINGS: readonly Setting[] = [
     key: "kafkaSaslMechanism",
     default: "",
     help: "SASL mechanism: plain, scram-sha-256 or scram-sha-512; empty for none",
-    parse: (raw, fail) => raw === "" ? null : oneOf("plain", "scram-sha-256", "scram-sha-512")(raw, fail),
+    parse: (raw, fail) =>
+      raw === "" ? null : oneOf("plain", "scram-sha-256", "scram-sha-512")(raw, fail),
   },
   {
     env: "KAFKA_SASL_USERNAME",
@@ -184,8 +192,12 @@ export const SETTINGS: readonly Setting[] = [
       } catch {
         return fail("must be an http:// or https:// URL");
       }
-      if (u.protocol !== "http:" && u.protocol !== "https:") fail("must be an http:// or https:// URL");
-      if (u.username || u.password) fail("must not contain credentials (use CLICKHOUSE_USER/CLICKHOUSE_PASSWORD)");
+      if (u.protocol !== "http:" && u.protocol !== "https:") {
+        fail("must be an http:// or https:// URL");
+      }
+      if (u.username || u.password) {
+        fail("must not contain credentials (use CLICKHOUSE_USER/CLICKHOUSE_PASSWORD)");
+      }
       return raw.replace(/\/+$/, "");
     },
   },
@@ -258,7 +270,8 @@ export const SETTINGS: readonly Setting[] = [
     flag: "clickhouse-dedup",
     key: "clickhouseDedup",
     default: "auto",
-    help: "Resolving unknown outcomes: check (one SELECT), token (insert_deduplication_token), auto",
+    help:
+      "Resolving unknown outcomes: check (one SELECT), token (insert_deduplication_token), auto",
     parse: oneOf("auto", "check", "token"),
   },
   {
@@ -329,7 +342,10 @@ export const SETTINGS: readonly Setting[] = [
  * );
  * ```
  */
-export function loadConfig(env: Record<string, string | undefined>, args: readonly string[]): Config {
+export function loadConfig(
+  env: Record<string, string | undefined>,
+  args: readonly string[],
+): Config {
   let values: Record<string, string | boolean | undefined>;
   try {
     values = parseArgs({
@@ -340,7 +356,9 @@ export function loadConfig(env: Record<string, string | undefined>, args: readon
     }).values;
   } catch (cause) {
     const flag = /'(--?[^']+)'/.exec(String(cause))?.[1] ?? args.join(" ");
-    throw new ConfigError("the command line", flag, "has an unknown option or a missing value", { cause });
+    throw new ConfigError("the command line", flag, "has an unknown option or a missing value", {
+      cause,
+    });
   }
   const out: Record<string, unknown> = {};
   for (const s of SETTINGS) {
@@ -361,6 +379,8 @@ export function loadConfig(env: Record<string, string | undefined>, args: readon
 /** The settings table for `--help`: flag, environment variable, default, description. */
 export function settingsHelp(): string {
   return SETTINGS.map((s) =>
-    `  --${s.flag.padEnd(24)} ${s.env.padEnd(22)} default ${JSON.stringify(s.default).padEnd(24)} ${s.help}`
+    `  --${s.flag.padEnd(24)} ${s.env.padEnd(22)} default ${
+      JSON.stringify(s.default).padEnd(24)
+    } ${s.help}`
   ).join("\n");
 }

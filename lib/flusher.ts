@@ -242,8 +242,11 @@ export class Flusher {
   async #step(): Promise<void> {
     if (this.#status.serverVersion === null) {
       if (!await this.#sleepUntil(await this.#slot())) return;
-      const text = await this.#paced("version", {}, (signal) =>
-        this.#client.query("SELECT version()", { signal, what: "version check" }));
+      const text = await this.#paced(
+        "version",
+        {},
+        (signal) => this.#client.query("SELECT version()", { signal, what: "version check" }),
+      );
       if (text !== null) {
         const version = text.trim();
         await this.#queue.setServer({ version, checkedAt: this.#opts.now() });
@@ -328,7 +331,11 @@ export class Flusher {
     }
   }
 
-  async #afterFailure(batch: BatchMeta, prior: BatchMeta["state"], err: ClickHouseError): Promise<void> {
+  async #afterFailure(
+    batch: BatchMeta,
+    prior: BatchMeta["state"],
+    err: ClickHouseError,
+  ): Promise<void> {
     switch (err.outcome) {
       case "refused":
         await this.#queue.markState(batch.id, prior, err.message);
@@ -389,10 +396,14 @@ export class Flusher {
 
   async #check(batch: BatchMeta): Promise<void> {
     const db = this.#opts.database;
-    const sql = `SELECT count() FROM ${db}.http_log WHERE timestamp >= toDateTime(${batch.minTimestamp}) ` +
+    const sql =
+      `SELECT count() FROM ${db}.http_log WHERE timestamp >= toDateTime(${batch.minTimestamp}) ` +
       `AND timestamp <= toDateTime(${batch.maxTimestamp}) AND batch_id = ${batch.id}`;
-    const text = await this.#paced("check", batch, (signal) =>
-      this.#client.query(sql, { signal, what: `check of batch ${batch.id}` }));
+    const text = await this.#paced(
+      "check",
+      batch,
+      (signal) => this.#client.query(sql, { signal, what: `check of batch ${batch.id}` }),
+    );
     if (text === null) return;
     const stored = Number(text.trim());
     if (stored === batch.rows) {
@@ -404,16 +415,23 @@ export class Flusher {
     } else if (stored === 0) {
       await this.#queue.markState(batch.id, "sealed");
     } else {
-      log.error("Batch {batchId} is partly stored ({stored} of {rows} rows); deleting it to resend", {
-        batchId: String(batch.id),
-        stored,
-        rows: batch.rows,
-      });
-      const done = await this.#paced("repair", batch, (signal) =>
-        this.#client.query(`ALTER TABLE ${db}.http_log DELETE WHERE batch_id = ${batch.id}`, {
-          signal,
-          what: `repair of batch ${batch.id}`,
-        }));
+      log.error(
+        "Batch {batchId} is partly stored ({stored} of {rows} rows); deleting it to resend",
+        {
+          batchId: String(batch.id),
+          stored,
+          rows: batch.rows,
+        },
+      );
+      const done = await this.#paced(
+        "repair",
+        batch,
+        (signal) =>
+          this.#client.query(`ALTER TABLE ${db}.http_log DELETE WHERE batch_id = ${batch.id}`, {
+            signal,
+            what: `repair of batch ${batch.id}`,
+          }),
+      );
       if (done !== null) await this.#queue.markState(batch.id, "sealed");
     }
   }
@@ -476,7 +494,11 @@ export class Flusher {
     pacer: { lastConsumedAt: number | null },
   ): void {
     const at = nextSlotAt(
-      { lastConsumedAt: pacer.lastConsumedAt, inflightSince: null, lastRefusedAt: this.#lastRefusedAt },
+      {
+        lastConsumedAt: pacer.lastConsumedAt,
+        inflightSince: null,
+        lastRefusedAt: this.#lastRefusedAt,
+      },
       this.#opts,
     );
     this.#status.nextSlotAt = at;
@@ -493,14 +515,17 @@ export class Flusher {
     };
     this.#status.last = event;
     if (err !== null) {
-      log.warn("Request {kind} for batch {batchId} failed ({outcome}); next slot in {nextSlotS} s: {error}", {
-        kind,
-        batchId: String(batch.id ?? "-"),
-        outcome: err.outcome,
-        status: err.status,
-        nextSlotS: Math.max(0, Math.round((at - this.#opts.now()) / 1000)),
-        error: err.message,
-      });
+      log.warn(
+        "Request {kind} for batch {batchId} failed ({outcome}); next slot in {nextSlotS} s: {error}",
+        {
+          kind,
+          batchId: String(batch.id ?? "-"),
+          outcome: err.outcome,
+          status: err.status,
+          nextSlotS: Math.max(0, Math.round((at - this.#opts.now()) / 1000)),
+          error: err.message,
+        },
+      );
     }
     this.#onEvent?.(event);
   }

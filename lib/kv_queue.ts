@@ -40,6 +40,8 @@ import {
 const MAX_VALUE_BYTES = 60_000;
 /** Largest atomic commit anonymizer writes; Deno KV allows 800 KiB. */
 const MAX_COMMIT_BYTES = 700_000;
+/** Most chunks one seal consumes; each is a delete, and Deno KV allows 1000 mutations per commit. */
+const MAX_SEAL_CHUNKS = 900;
 const DAY_SECONDS = 86_400;
 
 /** One row with the Kafka offset it came from. */
@@ -66,6 +68,8 @@ interface Chunk {
   rows: Uint8Array;
   enqueuedAt: number;
   isolated?: string | undefined;
+  /** Id of the batch a returned chunk came from. */
+  from?: bigint | undefined;
 }
 
 /** The body of a sealed batch and how to send it. */
@@ -272,13 +276,25 @@ export class KvQueue implements AsyncDisposable {
       state.next = state.committed = firstOffset;
     }
     const fresh = entries.filter((e) => e.offset >= state.next);
-    const chunks = this.#buildChunks(topic, partition, fresh);
-    // Several commits may be needed for a large Kafka batch; each one advances
-    // `next` only past the chunks it writes, so a crash in between stays consistent.
+    // Several commits may be needed for a large Kafka batch. Each one holds a
+    // run of consecutive offsets, whatever their UTC days, so the `next` it
+    // records parts rows written from rows not yet written, and a crash in
+    // between neither loses nor doubles a row.
+    const runs: QueueEntry[][] = [];
+    let runBytes = 0;
+    for (const e of fresh) {
+      const size = encodedRowLength(e.row) + 8;
+      if (runs.length === 0 || runBytes + size > MAX_COMMIT_BYTES) {
+        runs.push([]);
+        runBytes = 0;
+      }
+      runs.at(-1)!.push(e);
+      runBytes += size;
+    }
+    // Built before the first commit so a row too large leaves nothing written.
+    const planned = runs.map((run) => this.#buildChunks(topic, partition, run));
     let versionstamp = stateEntry.versionstamp;
-    let pendingBytes = 0;
     let op = this.#kv.atomic();
-    let opChunks = 0;
     let rows = 0;
     const flush = async (next: bigint) => {
       op.check({ key: partitionKey(topic, partition), versionstamp })
@@ -294,19 +310,14 @@ export class KvQueue implements AsyncDisposable {
       versionstamp = res.versionstamp;
       state.next = next;
       op = this.#kv.atomic();
-      opChunks = 0;
-      pendingBytes = 0;
       rows = 0;
     };
-    for (const chunk of chunks) {
-      const size = chunk.rows.byteLength + chunk.offsets.byteLength;
-      if (opChunks > 0 && pendingBytes + size > MAX_COMMIT_BYTES) {
-        await flush(BigInt(chunk.offsets[0]!));
+    for (let i = 0; i < planned.length; i++) {
+      for (const chunk of planned[i]!) {
+        op.set(chunkKey(topic, partition, BigInt(chunk.offsets[0]!)), chunk);
+        rows += chunk.offsets.length;
       }
-      op.set(chunkKey(topic, partition, BigInt(chunk.offsets[0]!)), chunk);
-      opChunks++;
-      pendingBytes += size;
-      rows += chunk.offsets.length;
+      if (i + 1 < runs.length) await flush(runs[i + 1]![0]!.offset);
     }
     await flush(options.next);
     return fresh.length;
@@ -386,20 +397,23 @@ export class KvQueue implements AsyncDisposable {
         start: chunkKey(topic, partition, committed),
       })
     ) doomed.push(c);
-    if (doomed.length > 400) {
+    if (doomed.length > MAX_SEAL_CHUNKS) {
       throw new QueueError(
         `Cannot drop ${doomed.length} pending chunks of partition ${partition} in one commit`,
         { code: "too_many_pending", retriable: false },
       );
     }
+    // The partition check suffices: every writer of pending chunks changes the
+    // partition state, and Deno KV allows only 100 checks per commit.
     const op = this.#kv.atomic().check(entry);
     let dropped = 0;
     for (const c of doomed) {
-      op.check(c).delete(c.key);
+      op.delete(c.key);
       dropped += c.value.offsets.length;
     }
-    op.set(partitionKey(topic, partition), { next: resumeAt, committed: resumeAt })
-      .sum(counterKey("queued_rows"), 2n ** 64n - BigInt(dropped));
+    op.set(partitionKey(topic, partition), { next: resumeAt, committed: resumeAt });
+    // Subtracting 0 as 2^64 does not fit a KvU64.
+    if (dropped > 0) op.sum(counterKey("queued_rows"), 2n ** 64n - BigInt(dropped));
     const res = await this.#commit(op, `drop pending rows of partition ${partition}`);
     if (!res.ok) {
       throw new QueueError(
@@ -469,7 +483,8 @@ export class KvQueue implements AsyncDisposable {
       const chunkRows = perChunk[i]!;
       const used = Math.min(remaining, chunkRows.length);
       oldestEnqueuedAt = Math.min(oldestEnqueuedAt, c.value.enqueuedAt);
-      op.check(c).delete(c.key);
+      // No check on the chunk: owned chunks never change, and only the flusher deletes them.
+      op.delete(c.key);
       if (used < chunkRows.length) {
         const rest: Chunk = {
           ...c.value,
@@ -523,13 +538,14 @@ export class KvQueue implements AsyncDisposable {
     for await (const c of this.#kv.list<Chunk>({ prefix: returnedPrefix() }, { batchSize: 20 })) {
       const first = taken[0]?.value;
       if (first !== undefined) {
-        // An isolated group (a suspected poison half) is sent on its own.
-        if (c.value.day !== day || first.isolated || c.value.isolated) break;
+        // An isolated group (a suspected poison half) is sent on its own, even
+        // when it spans several chunks.
+        if (c.value.day !== day || c.value.isolated !== first.isolated) break;
       }
       day ??= c.value.day;
       taken.push(c);
       rows += c.value.offsets.length;
-      if (rows >= candidateRows) return taken;
+      if (rows >= candidateRows || taken.length >= MAX_SEAL_CHUNKS) return taken;
     }
     if (taken[0]?.value.isolated) return taken;
 
@@ -546,7 +562,7 @@ export class KvQueue implements AsyncDisposable {
       const first = await it.next();
       if (!first.done) heads.push({ it, head: first.value });
     }
-    while (rows < candidateRows) {
+    while (rows < candidateRows && taken.length < MAX_SEAL_CHUNKS) {
       let best: (typeof heads)[number] | undefined;
       for (const h of heads) {
         const c = h.head;
@@ -578,9 +594,18 @@ export class KvQueue implements AsyncDisposable {
     if (entry.value === null || entry.value.id !== id) return;
     const meta = entry.value;
     const rows = await this.batchRows(meta);
+    // Rows an interrupted unseal of this batch returned already would go twice.
+    await this.#deleteKeys(await this.#returnedFrom(id), `remove rows returned from batch ${id}`);
     const groups = Math.max(1, Math.min(options.groups ?? 1, rows.length));
     const size = Math.ceil(rows.length / groups);
-    const seqBase = BigInt(this.#now()) * 1_000_000n;
+    // After any rows still returned, even if the clock stalled or stepped back,
+    // so no earlier returned chunk is overwritten or overtaken.
+    let seqBase = BigInt(this.#now()) * 1_000_000n;
+    const newest = this.#kv.list({ prefix: returnedPrefix() }, { reverse: true, limit: 1 });
+    for await (const { key } of newest) {
+      const seq = key[2] as bigint;
+      if (seq >= seqBase) seqBase = seq + 1n;
+    }
     const chunks: Array<readonly [Deno.KvKey, Chunk]> = [];
     for (let g = 0; g < groups; g++) {
       const groupRows = rows.slice(g * size, (g + 1) * size);
@@ -593,11 +618,13 @@ export class KvQueue implements AsyncDisposable {
           rows: encodeRows(part),
           enqueuedAt: meta.oldestEnqueuedAt,
           isolated: options.isolate === true ? `${id}:${g}` : undefined,
+          from: id,
         }]);
       }
     }
     // The returned chunks are written before the batch goes; a crash in
-    // between leaves both, and the batch (still sealed) wins at the next start.
+    // between leaves both, and the batch (still sealed) wins: markLanded(),
+    // discard() and a later unseal() remove the rows it returned.
     await this.#writeParts(chunks, `return rows of batch ${id}`);
     const op = this.#kv.atomic().check(entry).delete(batchKey());
     for (let i = 0; i < meta.parts; i++) op.delete(batchPartKey(id, i));
@@ -626,6 +653,23 @@ export class KvQueue implements AsyncDisposable {
       }
     }
     if (n > 0) await this.#commit(op, what);
+  }
+
+  /** Keys of returned chunks that came from batch `id`. */
+  async #returnedFrom(id: bigint): Promise<Deno.KvKey[]> {
+    const keys: Deno.KvKey[] = [];
+    for await (const c of this.#kv.list<Chunk>({ prefix: returnedPrefix() })) {
+      if (c.value.from === id) keys.push(c.key);
+    }
+    return keys;
+  }
+
+  async #deleteKeys(keys: readonly Deno.KvKey[], what: string): Promise<void> {
+    for (let i = 0; i < keys.length; i += 500) {
+      const op = this.#kv.atomic();
+      for (const key of keys.slice(i, i + 500)) op.delete(key);
+      await this.#commit(op, what);
+    }
   }
 
   async #readParts(count: number, key: (i: number) => Deno.KvKey): Promise<Uint8Array> {
@@ -701,6 +745,7 @@ export class KvQueue implements AsyncDisposable {
     const op = this.#kv.atomic().check(entry).delete(batchKey());
     for (let i = 0; i < entry.value.parts; i++) op.delete(batchPartKey(id, i));
     for (let i = 0; i < entry.value.rowParts; i++) op.delete(batchRowsKey(id, i));
+    for (const key of await this.#returnedFrom(id)) op.delete(key);
     op.sum(counterKey("dead_lettered_rows"), BigInt(entry.value.rows))
       .sum(counterKey("queued_rows"), 2n ** 64n - BigInt(entry.value.rows));
     const res = await this.#commit(op, `discard batch ${id}`);
@@ -714,6 +759,7 @@ export class KvQueue implements AsyncDisposable {
     const op = this.#kv.atomic().check(entry).delete(batchKey());
     for (let i = 0; i < entry.value.parts; i++) op.delete(batchPartKey(id, i));
     for (let i = 0; i < entry.value.rowParts; i++) op.delete(batchRowsKey(id, i));
+    for (const key of await this.#returnedFrom(id)) op.delete(key);
     op.sum(counterKey("landed_rows"), BigInt(entry.value.rows))
       .sum(counterKey("landed_batches"), 1n)
       .sum(counterKey("queued_rows"), 2n ** 64n - BigInt(entry.value.rows));
@@ -815,7 +861,8 @@ function splitRows(rows: HttpLogRow[]): HttpLogRow[][] {
   let current: HttpLogRow[] = [];
   let size = 0;
   for (const r of rows) {
-    const n = encodedRowLength(r);
+    // A returned chunk also stores an 8-byte offset per row.
+    const n = encodedRowLength(r) + 8;
     if (current.length > 0 && size + n > MAX_VALUE_BYTES) {
       out.push(current);
       current = [];

@@ -4,7 +4,13 @@
  *
  * @module
  */
-import { configure, getConsoleSink, getJsonLinesFormatter, getTextFormatter, type LogLevel } from "@logtape/logtape";
+import {
+  configure,
+  getConsoleSink,
+  getJsonLinesFormatter,
+  getTextFormatter,
+  type LogLevel,
+} from "@logtape/logtape";
 
 /** Options of {@linkcode configureLogging}. */
 export interface LoggingOptions {

@@ -39,8 +39,13 @@ export interface MessageToRowOptions extends ToRowOptions {
  * assert.deepEqual(messageToRow(null), { ok: false, code: "empty", message: "Cannot decode message as it has no value" });
  * ```
  */
-export function messageToRow(value: Uint8Array | null, options: MessageToRowOptions = {}): MessageResult {
-  if (value === null) return { ok: false, code: "empty", message: "Cannot decode message as it has no value" };
+export function messageToRow(
+  value: Uint8Array | null,
+  options: MessageToRowOptions = {},
+): MessageResult {
+  if (value === null) {
+    return { ok: false, code: "empty", message: "Cannot decode message as it has no value" };
+  }
   let record;
   try {
     record = decodeRecord(value, { maxBytes: options.maxBytes });
@@ -49,5 +54,7 @@ export function messageToRow(value: Uint8Array | null, options: MessageToRowOpti
     return { ok: false, code: "decode_failed", message: `Cannot decode message: ${String(err)}` };
   }
   const result = toRow(record, options);
-  return result.ok ? { ok: true, row: result.row } : { ok: false, code: result.code, message: result.message };
+  return result.ok
+    ? { ok: true, row: result.row }
+    : { ok: false, code: result.code, message: result.message };
 }

@@ -82,7 +82,8 @@ export function createMetrics(sources: MetricsSources): Metrics {
   });
   const skipped = new Counter({
     name: "anonymizer_records_redelivered_total",
-    help: "Kafka messages skipped because they were already queued (redelivery after a crash or rebalance)",
+    help:
+      "Kafka messages skipped because they were already queued (redelivery after a crash or rebalance)",
     registers: r,
   });
   const queued = new Counter({
@@ -158,7 +159,8 @@ export function createMetrics(sources: MetricsSources): Metrics {
   });
   const queueBytes = new Gauge({
     name: "anonymizer_queue_head_bytes",
-    help: "Bytes of the oldest chunk per partition (a cheap sample; see anonymizer_kv_disk_bytes for size)",
+    help:
+      "Bytes of the oldest chunk per partition (a cheap sample; see anonymizer_kv_disk_bytes for size)",
     registers: r,
   });
   const oldest = new Gauge({

@@ -44,7 +44,10 @@ export function isModern(version: string): boolean {
  *   "CREATE TABLE db.t (x UInt8  CODEC(ZSTD(3)) ) ENGINE = Log");
  * ```
  */
-export function resolveTemplate(template: string, options: { database: string; version: string }): string {
+export function resolveTemplate(
+  template: string,
+  options: { database: string; version: string },
+): string {
   const modern = isModern(options.version);
   return template
     .replaceAll("{{database}}", options.database)
@@ -52,7 +55,9 @@ export function resolveTemplate(template: string, options: { database: string; v
 }
 
 /** Reads the statements in `dir`, in file-name order. */
-export async function readSchema(dir: URL = new URL("../schema/clickhouse/", import.meta.url)): Promise<SchemaStatement[]> {
+export async function readSchema(
+  dir: URL = new URL("../schema/clickhouse/", import.meta.url),
+): Promise<SchemaStatement[]> {
   const files: string[] = [];
   for await (const e of Deno.readDir(dir)) {
     if (e.isFile && /^\d+_.*\.sql$/.test(e.name)) files.push(e.name);
@@ -61,10 +66,13 @@ export async function readSchema(dir: URL = new URL("../schema/clickhouse/", imp
   const out: SchemaStatement[] = [];
   for (const file of files) {
     const template = await Deno.readTextFile(new URL(file, dir));
-    const m = /CREATE\s+(?:TABLE|MATERIALIZED\s+VIEW|VIEW)\s+IF\s+NOT\s+EXISTS\s+\{\{database\}\}\.`?(\w+)`?/i
-      .exec(template);
+    const m =
+      /CREATE\s+(?:TABLE|MATERIALIZED\s+VIEW|VIEW)\s+IF\s+NOT\s+EXISTS\s+\{\{database\}\}\.`?(\w+)`?/i
+        .exec(template);
     if (m === null) {
-      throw new Error(`Cannot migrate as ${file} does not start with CREATE ... IF NOT EXISTS {{database}}.name`);
+      throw new Error(
+        `Cannot migrate as ${file} does not start with CREATE ... IF NOT EXISTS {{database}}.name`,
+      );
     }
     out.push({ file, object: m[1]!, template });
   }
@@ -108,19 +116,27 @@ export interface MigrateResult {
  * console.log(result.created);
  * ```
  */
-export async function migrate(client: ClickHouseClient, options: MigrateOptions = {}): Promise<MigrateResult> {
+export async function migrate(
+  client: ClickHouseClient,
+  options: MigrateOptions = {},
+): Promise<MigrateResult> {
   const database = options.database ?? "default";
   const statements = options.statements ?? await readSchema();
   const send = options.send ?? ((_what: string, request: () => Promise<string>) => request());
   const quoted = `'${database.replaceAll("'", "\\'")}'`;
-  const discovery = `SELECT version(), (SELECT count() FROM system.databases WHERE name = ${quoted}), ` +
+  const discovery =
+    `SELECT version(), (SELECT count() FROM system.databases WHERE name = ${quoted}), ` +
     `(SELECT groupArray(name) FROM system.tables WHERE database = ${quoted}) FORMAT JSONCompact`;
-  const found = JSON.parse(await send("discovery", () => client.query(discovery, { what: "schema discovery" })));
+  const found = JSON.parse(
+    await send("discovery", () => client.query(discovery, { what: "schema discovery" })),
+  );
   const [version, dbCount, tables] = found.data[0] as [string, number | string, string[]];
   let requests = 1;
   const existing = new Set(tables);
   const created: string[] = [];
-  const settings: Record<string, string> = isModern(version) ? {} : { allow_experimental_low_cardinality_type: "1" };
+  const settings: Record<string, string> = isModern(version)
+    ? {}
+    : { allow_experimental_low_cardinality_type: "1" };
   log.info("ClickHouse {version}; {missing} of {total} objects missing in {database}", {
     version,
     missing: statements.filter((s) => !existing.has(s.object)).length,
@@ -128,17 +144,30 @@ export async function migrate(client: ClickHouseClient, options: MigrateOptions 
     database,
   });
   if (Number(dbCount) === 0) {
-    await send(`CREATE DATABASE ${database}`, () =>
-      client.query(`CREATE DATABASE IF NOT EXISTS ${database}`, { what: `CREATE DATABASE ${database}` }));
+    await send(
+      `CREATE DATABASE ${database}`,
+      () =>
+        client.query(`CREATE DATABASE IF NOT EXISTS ${database}`, {
+          what: `CREATE DATABASE ${database}`,
+        }),
+    );
     requests++;
   }
   for (const s of statements) {
     if (existing.has(s.object)) continue;
     const sql = resolveTemplate(s.template, { database, version });
-    await send(`create ${s.object}`, () => client.query(sql, { params: settings, what: `CREATE of ${s.object} (${s.file})` }));
+    await send(
+      `create ${s.object}`,
+      () => client.query(sql, { params: settings, what: `CREATE of ${s.object} (${s.file})` }),
+    );
     requests++;
     created.push(s.object);
     log.info("Created {object} from {file}", { object: s.object, file: s.file });
   }
-  return { version, created, existing: statements.filter((s) => existing.has(s.object)).map((s) => s.object), requests };
+  return {
+    version,
+    created,
+    existing: statements.filter((s) => existing.has(s.object)).map((s) => s.object),
+    requests,
+  };
 }

@@ -33,7 +33,11 @@ export async function main(args: string[]): Promise<number> {
   const i = args.indexOf("--direct");
   const direct = i >= 0 ? args[i + 1] : undefined;
   if (i >= 0 && (direct === undefined || !/^https?:\/\//.test(direct))) {
-    console.error(`Cannot migrate as --direct must be an http:// URL: current value is ${JSON.stringify(direct ?? "")}`);
+    console.error(
+      `Cannot migrate as --direct must be an http:// URL: current value is ${
+        JSON.stringify(direct ?? "")
+      }`,
+    );
     return 2;
   }
   const rest = i >= 0 ? [...args.slice(0, i), ...args.slice(i + 2)] : args;
@@ -45,13 +49,19 @@ export async function main(args: string[]): Promise<number> {
     password: config.clickhousePassword,
     timeoutMs: config.clickhouseTimeoutMs,
   });
-  if (direct !== undefined) {
-    const r = await migrate(client, { database: config.clickhouseDatabase });
-    console.log(`migrate: ClickHouse ${r.version}: created ${r.created.join(", ") || "nothing"} in ${r.requests} requests`);
-    return 0;
-  }
   await Deno.mkdir(dirname(config.kvPath), { recursive: true });
   await using queue = await openQueue(config.kvPath);
+  if (direct !== undefined) {
+    const r = await migrate(client, { database: config.clickhouseDatabase });
+    // The service then spends its first slot on data, not on a version check.
+    await queue.setServer({ version: r.version, checkedAt: Date.now() });
+    console.log(
+      `migrate: ClickHouse ${r.version}: created ${
+        r.created.join(", ") || "nothing"
+      } in ${r.requests} requests`,
+    );
+    return 0;
+  }
   const pacing = { spacingMs: config.clickhouseSpacingMs, marginMs: config.clickhouseMarginMs };
   let lastRefusedAt: number | null = null;
   const send = async (what: string, request: () => Promise<string>): Promise<string> => {
@@ -70,6 +80,11 @@ export async function main(args: string[]): Promise<number> {
     }
   };
   const r = await migrate(client, { database: config.clickhouseDatabase, send });
-  console.log(`migrate: ClickHouse ${r.version}: created ${r.created.join(", ") || "nothing"} in ${r.requests} requests`);
+  await queue.setServer({ version: r.version, checkedAt: Date.now() });
+  console.log(
+    `migrate: ClickHouse ${r.version}: created ${
+      r.created.join(", ") || "nothing"
+    } in ${r.requests} requests`,
+  );
   return 0;
 }

@@ -8,7 +8,7 @@ import { dirname } from "node:path";
 import { getLogger } from "@logtape/logtape";
 import type { Config } from "./config.ts";
 import { ClickHouseClient } from "./clickhouse_client.ts";
-import { type FlushEvent, Flusher, type FlusherStatus, type Packer } from "./flusher.ts";
+import { Flusher, type FlusherStatus, type FlushEvent, type Packer } from "./flusher.ts";
 import { KafkaSource, type SourceStatus } from "./kafka_source.ts";
 import { type KvQueue, openQueue } from "./kv_queue.ts";
 import { messageToRow } from "./message_to_row.ts";
@@ -86,7 +86,9 @@ export async function startService(config: Config, options: ServiceOptions = {})
       serverVersion,
       bodyLimit: config.clickhouseBodyLimit,
       database: config.clickhouseDatabase,
-      ...(config.clickhouseEncoding === "auto" ? {} : { encoding: config.clickhouseEncoding as never }),
+      ...(config.clickhouseEncoding === "auto"
+        ? {}
+        : { encoding: config.clickhouseEncoding as never }),
     }));
   const flusher = new Flusher(queue, client, {
     pack,
@@ -142,7 +144,9 @@ export async function startService(config: Config, options: ServiceOptions = {})
     try {
       await s.resolveOrphans();
     } catch (err) {
-      log.warn("Cannot resolve pending rows of revoked partitions yet: {error}", { error: String(err) });
+      log.warn("Cannot resolve pending rows of revoked partitions yet: {error}", {
+        error: String(err),
+      });
     }
   });
 

@@ -1,0 +1,80 @@
+/**
+ * The two compressed envelopes a packed body travels in: a plain zstd frame
+ * (HTTP `Content-Encoding: zstd`) and a ClickHouse native compressed block
+ * (URL parameter `decompress=1`), which ClickHouse 18.16 also reads.
+ *
+ * @module
+ */
+
+import { constants, zstdCompressSync } from "node:zlib";
+import { cityHash128 } from "./_cityhash128.ts";
+
+/** Method byte of a ClickHouse compressed block holding a zstd frame. */
+const METHOD_ZSTD = 0x90;
+/** Method byte, compressed size and uncompressed size. */
+const BLOCK_HEADER_BYTES = 9;
+const CHECKSUM_BYTES = 16;
+
+/**
+ * Bytes a ClickHouse compressed block adds around its zstd frame.
+ *
+ * @example
+ * ```ts
+ * import { CLICKHOUSE_BLOCK_OVERHEAD } from "./_compress.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(CLICKHOUSE_BLOCK_OVERHEAD, 25);
+ * ```
+ */
+export const CLICKHOUSE_BLOCK_OVERHEAD = CHECKSUM_BYTES + BLOCK_HEADER_BYTES;
+
+/**
+ * Compresses `data` into one zstd frame. Single-threaded, so the same input
+ * and level always give the same bytes with the same zstd library.
+ *
+ * @example
+ * ```ts
+ * import { zstdFrame } from "./_compress.ts";
+ * import { zstdDecompressSync } from "node:zlib";
+ * import assert from "node:assert/strict";
+ *
+ * const data = new TextEncoder().encode("GET GET GET GET");
+ * assert.deepEqual(new Uint8Array(zstdDecompressSync(zstdFrame(data, 3))), data);
+ * ```
+ */
+export function zstdFrame(data: Uint8Array, level: number): Uint8Array<ArrayBuffer> {
+  const out = zstdCompressSync(data, { params: { [constants.ZSTD_c_compressionLevel]: level } });
+  // A Buffer from node:zlib never sits on a SharedArrayBuffer.
+  return new Uint8Array(out.buffer as ArrayBuffer, out.byteOffset, out.byteLength);
+}
+
+/**
+ * Wraps a zstd frame of `uncompressedSize` bytes into a ClickHouse compressed
+ * block: CityHash128 checksum, method byte 0x90, UInt32 size of the block
+ * without checksum, UInt32 uncompressed size, frame.
+ *
+ * @example
+ * ```ts
+ * import { clickHouseBlock, zstdFrame } from "./_compress.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const data = new TextEncoder().encode("HIT HIT HIT");
+ * const frame = zstdFrame(data, 3);
+ * const block = clickHouseBlock(frame, data.length);
+ * assert.equal(block[16], 0x90);
+ * assert.equal(block.length, frame.length + 25);
+ * ```
+ */
+export function clickHouseBlock(
+  frame: Uint8Array,
+  uncompressedSize: number,
+): Uint8Array<ArrayBuffer> {
+  const block = new Uint8Array(CLICKHOUSE_BLOCK_OVERHEAD + frame.length);
+  const view = new DataView(block.buffer);
+  block[CHECKSUM_BYTES] = METHOD_ZSTD;
+  view.setUint32(CHECKSUM_BYTES + 1, BLOCK_HEADER_BYTES + frame.length, true);
+  view.setUint32(CHECKSUM_BYTES + 5, uncompressedSize, true);
+  block.set(frame, CLICKHOUSE_BLOCK_OVERHEAD);
+  block.set(cityHash128(block.subarray(CHECKSUM_BYTES)), 0);
+  return block;
+}

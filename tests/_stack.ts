@@ -1,0 +1,335 @@
+/**
+ * Helpers for integration tests against the real local stack started by
+ * `deno task stack:up` (Kafka, ClickHouse 18.16 and ch-proxy on 127.0.0.1):
+ * its endpoints, a private ch-proxy per test, direct ClickHouse queries and
+ * per-test Kafka topics.
+ *
+ * @module
+ */
+
+import { Kafka, logLevel } from "kafkajs";
+import { AnonymizerError } from "../lib/errors.ts";
+
+/** Kafka bootstrap brokers, comma-separated. Env `TEST_KAFKA_BROKERS`. Default: `"127.0.0.1:9092"`. */
+export const KAFKA_BROKERS: string = Deno.env.get("TEST_KAFKA_BROKERS") ?? "127.0.0.1:9092";
+
+/** ClickHouse HTTP endpoint, without the proxy. Env `TEST_CLICKHOUSE_URL`. Default: `"http://127.0.0.1:8123"`. */
+export const CLICKHOUSE_URL: string = Deno.env.get("TEST_CLICKHOUSE_URL") ??
+  "http://127.0.0.1:8123";
+
+/**
+ * The shared ch-proxy in front of ClickHouse. Its one request a minute is
+ * shared by everyone using the stack: a test that needs a request slot of its
+ * own uses {@linkcode startProxy}. Env `TEST_PROXY_URL`. Default: `"http://127.0.0.1:8124"`.
+ */
+export const PROXY_URL: string = Deno.env.get("TEST_PROXY_URL") ?? "http://127.0.0.1:8124";
+
+const NGINX_TEMPLATE = new URL("../stack/nginx.conf.tmpl", import.meta.url);
+
+/** One line of a ch-proxy access log (log_format `ch_proxy` in stack/nginx.conf.tmpl). */
+export interface AccessLogEntry {
+  /** When the response ended (`$msec`): seconds since the Unix epoch, millisecond precision. */
+  msec: number;
+  /** Status sent to the client (`$status`): 503 when the rate limit refused, 413 for a large body. */
+  status: number;
+  /** `$request_method`, e.g. `"POST"`. */
+  method: string;
+  /** `$request_uri`: path and query string as the client sent them. */
+  uri: string;
+  /** `$request_length`: bytes received, headers included. */
+  requestLength: number;
+  /** `$request_time`: seconds from the first byte read to the last byte sent. */
+  requestTime: number;
+  /** `$upstream_status`: ClickHouse's status, or `""` when the request never reached it. */
+  upstreamStatus: string;
+}
+
+/** Options of {@linkcode startProxy}. */
+export interface StartProxyOptions {
+  /** `limit_req` rate, e.g. `"60r/m"`. Default: `"1r/m"`, as in production. */
+  rate?: string;
+  /** ClickHouse HTTP `host:port` to forward to. Default: the host of {@linkcode CLICKHOUSE_URL}. */
+  upstream?: string;
+  /** nginx `client_max_body_size`, e.g. `"10m"`. Default: unset, so nginx's 1 MiB applies, as in production. */
+  clientMaxBodySize?: string;
+}
+
+/** A private ch-proxy started by {@linkcode startProxy}. */
+export interface TestProxy extends AsyncDisposable {
+  /** Base URL, e.g. `"http://127.0.0.1:40123"`. */
+  readonly url: string;
+  /** Path of its access log; removed by {@linkcode TestProxy.close}. */
+  readonly accessLogPath: string;
+  /** Reads every access log entry so far, oldest first. */
+  readAccessLog(): Promise<AccessLogEntry[]>;
+  /** Stops nginx and removes its folder. Safe to call twice. */
+  close(): Promise<void>;
+}
+
+/**
+ * Starts a real nginx from the ch-proxy template on a free loopback port, with
+ * its own temp folder, so a test gets a fresh rate-limit state and its own
+ * access log instead of using up the shared proxy's request slot.
+ *
+ * @example A private proxy at the production rate
+ * ```ts
+ * import { startProxy } from "./_stack.ts";
+ * import assert from "node:assert/strict";
+ *
+ * await using proxy = await startProxy();
+ * assert.match(proxy.url, /^http:\/\/127\.0\.0\.1:\d+$/);
+ * assert.deepEqual(await proxy.readAccessLog(), []);
+ * ```
+ */
+export async function startProxy(options: StartProxyOptions = {}): Promise<TestProxy> {
+  const template = await Deno.readTextFile(NGINX_TEMPLATE);
+  // A port picked free may be taken before nginx binds it; another try gets another port.
+  for (let attempt = 1;; attempt++) {
+    const dir = await Deno.makeTempDir({ prefix: "ch-proxy-test-" });
+    try {
+      return await startNginx(dir, template, options);
+    } catch (err) {
+      await Deno.remove(dir, { recursive: true });
+      if (!(err instanceof PortTakenError) || attempt === 3) throw err;
+    }
+  }
+}
+
+class PortTakenError extends AnonymizerError {
+  constructor(message: string) {
+    super(message, { code: "test_proxy_port_taken", retriable: true });
+    this.name = "PortTakenError";
+  }
+}
+
+async function startNginx(
+  dir: string,
+  template: string,
+  options: StartProxyOptions,
+): Promise<TestProxy> {
+  // Workers run as nobody when tests run as root, and write body temp files here.
+  await Deno.chmod(dir, 0o755);
+  const port = freePort();
+  const conf = `${dir}/nginx.conf`;
+  const pidFile = `${dir}/nginx.pid`;
+  const errorLog = `${dir}/error.log`;
+  const accessLogPath = `${dir}/access.log`;
+  await Deno.writeTextFile(
+    conf,
+    render(template, {
+      listen: `127.0.0.1:${port}`,
+      upstream: options.upstream ?? new URL(CLICKHOUSE_URL).host,
+      rate: options.rate ?? "1r/m",
+      state_dir: dir,
+      access_log: accessLogPath,
+      error_log: errorLog,
+      client_max_body_size: options.clientMaxBodySize === undefined
+        ? ""
+        : `client_max_body_size ${options.clientMaxBodySize};`,
+    }),
+  );
+  let child: Deno.ChildProcess;
+  try {
+    child = new Deno.Command("nginx", {
+      args: ["-p", dir, "-c", conf, "-e", errorLog],
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+  } catch (cause) {
+    if (!(cause instanceof Deno.errors.NotFound)) throw cause;
+    throw new AnonymizerError(
+      "Cannot start a test ch-proxy as nginx is not on PATH: run scripts/install.sh, and put /usr/sbin on PATH",
+      { code: "test_proxy_failed", cause },
+    );
+  }
+  let exited = false;
+  const status = child.status.then((s) => {
+    exited = true;
+    return s;
+  });
+
+  // nginx writes its pid file once it listens.
+  const deadline = Date.now() + 10_000;
+  while (await readOrEmpty(pidFile) !== `${child.pid}\n`) {
+    if (exited || Date.now() > deadline) {
+      const timedOut = !exited;
+      if (timedOut) child.kill("SIGKILL");
+      const code = (await status).code;
+      const log = await readOrEmpty(errorLog);
+      const message = `Cannot start a test ch-proxy on 127.0.0.1:${port}: nginx ${
+        timedOut ? "did not listen within 10 s" : `exited with code ${code}`
+      }; its error log says: ${log.trim()}`;
+      throw log.includes("Address already in use")
+        ? new PortTakenError(message)
+        : new AnonymizerError(message, { code: "test_proxy_failed" });
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> =>
+    closing ??= (async () => {
+      if (!exited) child.kill("SIGTERM");
+      await status;
+      await Deno.remove(dir, { recursive: true });
+    })();
+  return {
+    url: `http://127.0.0.1:${port}`,
+    accessLogPath,
+    readAccessLog: async () =>
+      (await Deno.readTextFile(accessLogPath)).split("\n").filter((line) => line !== "")
+        .map((line) => JSON.parse(line) as AccessLogEntry),
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}
+
+/** Fills `{{key}}` placeholders the way scripts/stack.sh does, refusing leftovers. */
+function render(template: string, values: Record<string, string>): string {
+  let text = template;
+  for (const [key, value] of Object.entries(values)) text = text.replaceAll(`{{${key}}}`, value);
+  const left = text.match(/\{\{[a-z_]+\}\}/);
+  if (left !== null) {
+    throw new AnonymizerError(
+      `Cannot render stack/nginx.conf.tmpl as placeholder ${left[0]} has no value`,
+      { code: "test_proxy_failed" },
+    );
+  }
+  return text;
+}
+
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  listener.close();
+  return listener.addr.port;
+}
+
+async function readOrEmpty(path: string): Promise<string> {
+  try {
+    return await Deno.readTextFile(path);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return "";
+    throw err;
+  }
+}
+
+/** Options of {@linkcode clickhouseQuery}. */
+export interface ClickHouseQueryOptions {
+  /**
+   * Data following the query, e.g. the rows of `INSERT ... FORMAT TSV`; the
+   * query then travels in the URL. Default: none, the query is the body.
+   */
+  body?: BodyInit;
+  /** Database the query runs in. Default: the server's `default`. */
+  database?: string;
+  /** ClickHouse HTTP endpoint. Default: {@linkcode CLICKHOUSE_URL}. */
+  url?: string;
+}
+
+/**
+ * Runs `sql` on ClickHouse directly (bypassing ch-proxy and its rate limit)
+ * and returns the response body. Throws when ClickHouse is unreachable or
+ * answers with a non-2xx status, with its error text in the message.
+ *
+ * @example Query and insert
+ * ```ts
+ * import { clickhouseQuery } from "./_stack.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(await clickhouseQuery("SELECT 1 + 1"), "2\n");
+ * ```
+ */
+export async function clickhouseQuery(
+  sql: string,
+  options: ClickHouseQueryOptions = {},
+): Promise<string> {
+  const url = new URL(options.url ?? CLICKHOUSE_URL);
+  if (options.database !== undefined) url.searchParams.set("database", options.database);
+  if (options.body !== undefined) url.searchParams.set("query", sql);
+  const shown = JSON.stringify(sql.length > 200 ? `${sql.slice(0, 200)}...` : sql);
+  let res: Response;
+  try {
+    res = await fetch(url, {
+      method: "POST",
+      body: options.body ?? sql,
+      signal: AbortSignal.timeout(60_000),
+    });
+  } catch (cause) {
+    throw new AnonymizerError(
+      `Cannot run ${shown} as ClickHouse at ${url.origin} did not answer (is the stack up? deno task stack:up): ${cause}`,
+      { code: "test_clickhouse_unreachable", cause },
+    );
+  }
+  const text = await res.text();
+  if (!res.ok) {
+    throw new AnonymizerError(
+      `Cannot run ${shown} as ClickHouse at ${url.origin} answered ${res.status}: ${text.trim()}`,
+      { code: "test_clickhouse_failed" },
+    );
+  }
+  return text;
+}
+
+/**
+ * A name no other test run uses: `prefix`, the time and random hex, joined by
+ * `_` so it is valid both as a Kafka topic and as a ClickHouse identifier.
+ *
+ * @example
+ * ```ts
+ * import { uniqueName } from "./_stack.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.match(uniqueName("http_log"), /^http_log_[a-z0-9]+_[0-9a-f]{8}$/);
+ * assert.notEqual(uniqueName("t"), uniqueName("t"));
+ * ```
+ */
+export function uniqueName(prefix: string): string {
+  if (!/^[A-Za-z][A-Za-z0-9_]*$/.test(prefix)) {
+    throw new AnonymizerError(
+      `Cannot make a unique name as the prefix must be letters, digits and _, starting with a letter: current value is ${
+        JSON.stringify(prefix)
+      }`,
+      { code: "test_name_invalid" },
+    );
+  }
+  return `${prefix}_${Date.now().toString(36)}_${crypto.randomUUID().slice(0, 8)}`;
+}
+
+/**
+ * Creates Kafka topic `name` on {@linkcode KAFKA_BROKERS} with one replica
+ * and waits for its partition leaders. Throws if it already exists, so two
+ * tests never share a topic by accident. Returns `name`.
+ *
+ * @example A fresh topic for one test
+ * ```ts
+ * import { createTopic, uniqueName } from "./_stack.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const topic = await createTopic(uniqueName("example"), 3);
+ * assert.match(topic, /^example_/);
+ * ```
+ */
+export async function createTopic(name: string, partitions: number): Promise<string> {
+  const admin = new Kafka({
+    clientId: "anonymizer-tests",
+    brokers: KAFKA_BROKERS.split(","),
+    logLevel: logLevel.NOTHING,
+  }).admin();
+  await admin.connect();
+  try {
+    const created = await admin.createTopics({
+      topics: [{ topic: name, numPartitions: partitions, replicationFactor: 1 }],
+      waitForLeaders: true,
+    });
+    if (!created) {
+      throw new AnonymizerError(
+        `Cannot create Kafka topic ${JSON.stringify(name)} as it already exists: use uniqueName()`,
+        { code: "test_topic_exists" },
+      );
+    }
+  } finally {
+    await admin.disconnect();
+  }
+  return name;
+}
