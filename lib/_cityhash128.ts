@@ -36,12 +36,13 @@ function sub(aHi: number, aLo: number, bHi: number, bLo: number): void {
 
 /** Low 64 bits of the product. */
 function mul(aHi: number, aLo: number, bHi: number, bLo: number): void {
+  // aLo · bLo from 16-bit limbs: every partial product and sum stays below
+  // 2^53, so plain number arithmetic is exact.
   const a0 = aLo & 0xffff, a1 = aLo >>> 16, b0 = bLo & 0xffff, b1 = bLo >>> 16;
-  const mid = a0 * b1 + a1 * b0;
-  const lo = a0 * b0 + (mid % 0x10000) * 0x10000;
-  const loCarry = lo > 0xffffffff ? Math.floor(lo / 0x100000000) : 0;
-  rLo = lo >>> 0;
-  rHi = (a1 * b1 + Math.floor(mid / 0x10000) + loCarry + Math.imul(aHi, bLo) +
+  const p00 = a0 * b0, p01 = a0 * b1, p10 = a1 * b0;
+  const mid = (p00 >>> 16) + (p01 & 0xffff) + (p10 & 0xffff);
+  rLo = ((mid << 16) | (p00 & 0xffff)) >>> 0;
+  rHi = (a1 * b1 + (p01 >>> 16) + (p10 >>> 16) + (mid >>> 16) + Math.imul(aHi, bLo) +
     Math.imul(aLo, bHi)) >>> 0;
 }
 

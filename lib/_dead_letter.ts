@@ -7,7 +7,7 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import { Kafka, type KafkaConfig, logLevel, type Producer } from "kafkajs";
+import { Kafka, type KafkaConfig, logLevel, Partitioners, type Producer } from "kafkajs";
 import { kafkaLogCreator } from "./_kafka_log.ts";
 import type { HttpLogRow } from "./types.ts";
 
@@ -54,7 +54,7 @@ export class DeadLetterProducer {
       sasl: options.sasl,
       logLevel: logLevel.INFO,
       logCreator: kafkaLogCreator,
-    }).producer({ allowAutoTopicCreation: true });
+    }).producer({ allowAutoTopicCreation: true, createPartitioner: Partitioners.DefaultPartitioner });
   }
 
   async connect(): Promise<void> {

@@ -12,7 +12,7 @@ const log = getLogger(["anonymizer", "kafkajs"]);
 /** A kafkajs `logCreator` writing to logtape. */
 export const kafkaLogCreator: logCreator = () => ({ namespace, level, log: entry }) => {
   const { message, ...rest } = entry;
-  const props = { ...rest, namespace, message };
+  const props = { ...rest, namespace: namespace || "kafkajs", message };
   switch (level) {
     case logLevel.ERROR:
       log.error("{namespace}: {message}", props);

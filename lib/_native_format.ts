@@ -47,7 +47,10 @@ export const NATIVE_COLUMNS: readonly NativeColumn[] = [
 export interface EncodeNativeOptions {
   /** Value of column `batch_id` in every row. Required. */
   batchId: bigint;
-  /** Indexes into `rows` to encode, in this order. Default: every row, in order. */
+  /**
+   * A permutation of the indexes of `rows`: row `i` of the block is
+   * `rows[order[i]]`. Default: the rows in their given order.
+   */
   order?: ArrayLike<number>;
 }
 
@@ -107,9 +110,9 @@ function varUIntSize(n: number): number {
 }
 
 /**
- * Encodes `rows` (or the ones `options.order` picks) as one Native block with
- * the columns of {@linkcode NATIVE_COLUMNS}. Rows must already be validated:
- * values outside their column type wrap silently.
+ * Encodes `rows` as one Native block with the columns of
+ * {@linkcode NATIVE_COLUMNS}. Rows must already be validated: values outside
+ * their column type wrap silently.
  *
  * @example Encode two rows
  * ```ts
@@ -127,7 +130,7 @@ function varUIntSize(n: number): number {
  *   remoteAddr: "1.2.3.X",
  *   url: "/a",
  * };
- * const block = encodeNative([row, row], { batchId: 7n });
+ * const block = encodeNative([row, { ...row, url: "/b" }], { batchId: 7n, order: [1, 0] });
  * assert.deepEqual([...block.subarray(0, 2)], [10, 2]); // 10 columns, 2 rows
  * ```
  */
@@ -135,45 +138,87 @@ export function encodeNative(
   rows: readonly HttpLogRow[],
   options: EncodeNativeOptions,
 ): Uint8Array {
-  const order = options.order ?? Array.from(rows.keys());
-  const n = order.length;
-  const w = new Writer(n * 128 + 512);
+  const n = rows.length;
+  const rank = new Uint32Array(n);
+  for (let i = 0; i < n; i++) rank[options.order === undefined ? i : options.order[i]!] = i;
+
+  // One pass over the rows in input order, where they sit in memory, writing
+  // each value to its sorted position: reading them in sorted order instead
+  // missed the cache on every field and made encoding three times slower.
+  const widths = [4, 8, 8, 8, 2];
+  const offsets: number[] = [];
+  let end = 1 + varUIntSize(n);
+  for (let c = 0; c < widths.length; c++) {
+    offsets.push(end + headerBytes(c));
+    end = offsets[c]! + widths[c]! * n;
+  }
+  const fixedEnd = end;
+  // ASCII text takes one byte per UTF-16 unit, so only non-ASCII text can
+  // make the buffer grow; the slack covers the worst case of the last string.
+  let textUnits = 0, longest = 0;
+  for (let i = 0; i < n; i++) {
+    const row = rows[i]!;
+    textUnits += row.cacheStatus.length + row.method.length + row.remoteAddr.length +
+      row.url.length;
+    longest = Math.max(longest, row.url.length, row.remoteAddr.length);
+  }
+  const w = new Writer(fixedEnd + textUnits + 40 * n + 3 * longest + 512);
+  const view = w.view;
+  const cache = new LowCardinalityColumn(n);
+  const method = new LowCardinalityColumn(n);
+  const remoteAddrs = new Array<string>(n);
+  const urls = new Array<string>(n);
+  const [tsAt, ridAt, bytesAt, timeAt, statusAt] = offsets as [
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
+  for (let i = 0; i < n; i++) {
+    const row = rows[i]!;
+    const r = rank[i]!;
+    view.setUint32(tsAt + 4 * r, row.timestamp, true);
+    view.setBigUint64(ridAt + 8 * r, row.resourceId, true);
+    view.setBigUint64(bytesAt + 8 * r, row.bytesSent, true);
+    view.setBigUint64(timeAt + 8 * r, row.requestTimeMilli, true);
+    view.setUint16(statusAt + 2 * r, row.responseStatus, true);
+    cache.set(r, row.cacheStatus);
+    method.set(r, row.method);
+    remoteAddrs[r] = row.remoteAddr;
+    urls[r] = row.url;
+  }
+
   w.varUInt(NATIVE_COLUMNS.length);
   w.varUInt(n);
-  const header = (i: number) => {
-    const column = NATIVE_COLUMNS[i]!;
-    w.string(column.name);
-    w.string(column.type);
-  };
-
-  header(0);
-  w.reserve(4 * n);
-  for (let i = 0; i < n; i++, w.pos += 4) w.view.setUint32(w.pos, rows[order[i]!]!.timestamp, true);
-  const uint64 = (column: number, get: (row: HttpLogRow) => bigint) => {
-    header(column);
-    w.reserve(8 * n);
-    for (let i = 0; i < n; i++, w.pos += 8) w.view.setBigUint64(w.pos, get(rows[order[i]!]!), true);
-  };
-  uint64(1, (r) => r.resourceId);
-  uint64(2, (r) => r.bytesSent);
-  uint64(3, (r) => r.requestTimeMilli);
-  header(4);
-  w.reserve(2 * n);
-  for (let i = 0; i < n; i++, w.pos += 2) {
-    w.view.setUint16(w.pos, rows[order[i]!]!.responseStatus, true);
+  for (let c = 0; c < widths.length; c++) {
+    header(w, c);
+    w.pos += widths[c]! * n;
   }
-  header(5);
-  lowCardinality(w, rows, order, (r) => r.cacheStatus);
-  header(6);
-  lowCardinality(w, rows, order, (r) => r.method);
-  header(7);
-  for (let i = 0; i < n; i++) w.string(rows[order[i]!]!.remoteAddr);
-  header(8);
-  for (let i = 0; i < n; i++) w.string(rows[order[i]!]!.url);
-  header(9);
+  header(w, 5);
+  cache.write(w);
+  header(w, 6);
+  method.write(w);
+  header(w, 7);
+  for (let i = 0; i < n; i++) w.string(remoteAddrs[i]!);
+  header(w, 8);
+  for (let i = 0; i < n; i++) w.string(urls[i]!);
+  header(w, 9);
   w.reserve(8 * n);
   for (let i = 0; i < n; i++, w.pos += 8) w.view.setBigUint64(w.pos, options.batchId, true);
   return w.buf.subarray(0, w.pos);
+}
+
+/** Bytes of the name and type of column `c` in the block header. */
+function headerBytes(c: number): number {
+  const { name, type } = NATIVE_COLUMNS[c]!;
+  return 1 + name.length + 1 + type.length;
+}
+
+function header(w: Writer, c: number): void {
+  const column = NATIVE_COLUMNS[c]!;
+  w.string(column.name);
+  w.string(column.type);
 }
 
 /** Version of the LowCardinality key stream: dictionaries shared between granules, plus additional keys. */
@@ -183,51 +228,52 @@ const LC_HAS_ADDITIONAL_KEYS = 1n << 9n;
 const LC_NEED_UPDATE_DICTIONARY = 1n << 10n;
 
 /**
- * Writes a `LowCardinality(String)` column as the Native format lays it out:
- * key stream version, index type and flags, the distinct values in order of
- * first appearance, then one index per row in the narrowest unsigned width.
+ * A `LowCardinality(String)` column as the Native format lays it out: key
+ * stream version, index type and flags, the distinct values in order of first
+ * appearance in the input, then one index per row in the narrowest unsigned
+ * width.
  */
-function lowCardinality(
-  w: Writer,
-  rows: readonly HttpLogRow[],
-  order: ArrayLike<number>,
-  get: (row: HttpLogRow) => string,
-): void {
-  const n = order.length;
-  const ids = new Map<string, number>();
-  const keys: string[] = [];
-  const indexes = new Uint32Array(n);
-  for (let i = 0; i < n; i++) {
-    const s = get(rows[order[i]!]!);
-    let id = ids.get(s);
-    if (id === undefined) {
-      id = keys.length;
-      ids.set(s, id);
-      keys.push(s);
-    }
-    indexes[i] = id;
+class LowCardinalityColumn {
+  readonly #ids = new Map<string, number>();
+  readonly #keys: string[] = [];
+  readonly #indexes: Uint32Array;
+
+  constructor(n: number) {
+    this.#indexes = new Uint32Array(n);
   }
-  const width = keys.length <= 0x100 ? 0 : keys.length <= 0x10000 ? 1 : 2;
-  w.reserve(16);
-  w.view.setBigUint64(w.pos, LC_KEYS_VERSION, true);
-  w.view.setBigUint64(
-    w.pos + 8,
-    BigInt(width) | LC_HAS_ADDITIONAL_KEYS | LC_NEED_UPDATE_DICTIONARY,
-    true,
-  );
-  w.pos += 16;
-  w.reserve(8);
-  w.view.setBigUint64(w.pos, BigInt(keys.length), true);
-  w.pos += 8;
-  for (const key of keys) w.string(key);
-  w.reserve(8 + n * 4);
-  w.view.setBigUint64(w.pos, BigInt(n), true);
-  w.pos += 8;
-  if (width === 0) {
-    for (let i = 0; i < n; i++) w.buf[w.pos++] = indexes[i]!;
-  } else if (width === 1) {
-    for (let i = 0; i < n; i++, w.pos += 2) w.view.setUint16(w.pos, indexes[i]!, true);
-  } else {
-    for (let i = 0; i < n; i++, w.pos += 4) w.view.setUint32(w.pos, indexes[i]!, true);
+
+  set(position: number, value: string): void {
+    let id = this.#ids.get(value);
+    if (id === undefined) {
+      id = this.#keys.length;
+      this.#ids.set(value, id);
+      this.#keys.push(value);
+    }
+    this.#indexes[position] = id;
+  }
+
+  write(w: Writer): void {
+    const n = this.#indexes.length;
+    const keys = this.#keys;
+    const width = keys.length <= 0x100 ? 0 : keys.length <= 0x10000 ? 1 : 2;
+    w.reserve(24);
+    w.view.setBigUint64(w.pos, LC_KEYS_VERSION, true);
+    const flags = BigInt(width) | LC_HAS_ADDITIONAL_KEYS | LC_NEED_UPDATE_DICTIONARY;
+    w.view.setBigUint64(w.pos + 8, flags, true);
+    w.view.setBigUint64(w.pos + 16, BigInt(keys.length), true);
+    w.pos += 24;
+    for (const key of keys) w.string(key);
+    w.reserve(8 + n * 4);
+    w.view.setBigUint64(w.pos, BigInt(n), true);
+    w.pos += 8;
+    const indexes = this.#indexes;
+    if (width === 0) {
+      w.buf.set(indexes, w.pos);
+      w.pos += n;
+    } else if (width === 1) {
+      for (let i = 0; i < n; i++, w.pos += 2) w.view.setUint16(w.pos, indexes[i]!, true);
+    } else {
+      for (let i = 0; i < n; i++, w.pos += 4) w.view.setUint32(w.pos, indexes[i]!, true);
+    }
   }
 }

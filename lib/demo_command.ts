@@ -132,7 +132,7 @@ export async function main(args: string[]): Promise<number> {
   const now = Math.floor(Date.now() / 1000);
   const sql = bindQuery(await readDashboardQuery("cache_status_over_time"), {
     database: config.clickhouseDatabase,
-    params: { step: 86_400 * 365, from: now - 2 * 86_400, to: now + 60 },
+    params: { step: 86_400, from: now - 2 * 86_400, to: now + 60 },
   });
   const table = await direct.query(`${sql} FORMAT PrettyCompactNoEscapes`);
   console.log("demo: totals by cache status (dashboard query cache_status_over_time):");

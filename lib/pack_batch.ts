@@ -94,6 +94,7 @@ const PROBE_RAW_RATIO = 2.5;
  */
 const MAX_ROWS = 1_048_576;
 const MAX_SEARCH_STEPS = 8;
+const INDEX_SPAN = 2 ** 21;
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 /**
@@ -203,30 +204,36 @@ export function packBatch(rows: readonly HttpLogRow[], options: PackBatchOptions
   const overhead = encoding === "native_clickhouse_zstd" ? CLICKHOUSE_BLOCK_OVERHEAD : 0;
   const frameLimit = bodyLimit - overhead;
   const offered = Math.min(rows.length, MAX_ROWS);
-  const compress = (n: number) => {
-    const native = encodeNative(rows, { batchId: options.batchId, order: timestampOrder(rows, n) });
-    return { native, frame: zstdFrame(native, level) };
+  // Candidates are prefixes of one probe-sized prefix, so its sort serves them
+  // all; only a candidate beyond it sorts again.
+  let sorted = sortByTimestamp(
+    rows,
+    rowsWithinRawBytes(rows, offered, PROBE_RAW_RATIO * frameLimit),
+  );
+  const nativeOf = (n: number) => {
+    if (n > sorted.length) sorted = sortByTimestamp(rows, n);
+    return encodeNative(rows.slice(0, n), {
+      batchId: options.batchId,
+      order: prefixOrder(sorted, n),
+    });
   };
 
   // The first guess comes from a level-1 probe, about five times cheaper than
   // the target level; every later guess from the last real size.
-  const probeRows = rowsWithinRawBytes(rows, offered, PROBE_RAW_RATIO * frameLimit);
-  const probe = encodeNative(rows, {
-    batchId: options.batchId,
-    order: timestampOrder(rows, probeRows),
-  });
-  const probeSize = zstdFrame(probe, 1).length * LEVEL1_TO_DEFAULT;
+  const probeRows = sorted.length;
+  const probeSize = zstdFrame(nativeOf(probeRows), 1).length * LEVEL1_TO_DEFAULT;
   let n = Math.min(
     offered,
     Math.max(1, Math.floor((probeRows * AIM_FILL * frameLimit) / probeSize)),
   );
 
-  let best: { n: number; native: Uint8Array; frame: Uint8Array<ArrayBuffer> } | undefined;
+  let best: { n: number; nativeLength: number; frame: Uint8Array<ArrayBuffer> } | undefined;
   let tooMany = offered + 1;
   for (let step = 0; step < MAX_SEARCH_STEPS; step++) {
-    const { native, frame } = compress(n);
+    const native = nativeOf(n);
+    const frame = zstdFrame(native, level);
     if (frame.length <= frameLimit) {
-      best = { n, native, frame };
+      best = { n, nativeLength: native.length, frame };
       if (n === offered || frame.length + overhead >= MIN_FILL * bodyLimit) break;
     } else {
       tooMany = n;
@@ -252,7 +259,7 @@ export function packBatch(rows: readonly HttpLogRow[], options: PackBatchOptions
   if (encoding === "native_clickhouse_zstd") {
     query.decompress = "1";
     return {
-      body: clickHouseBlock(best.frame, best.native.length),
+      body: clickHouseBlock(best.frame, best.nativeLength),
       rowCount: best.n,
       encoding,
       query,
@@ -268,15 +275,25 @@ export function packBatch(rows: readonly HttpLogRow[], options: PackBatchOptions
   };
 }
 
-/** Indexes of `rows[0, n)` by ascending timestamp, ties in input order. */
-function timestampOrder(rows: readonly HttpLogRow[], n: number): Uint32Array {
-  // timestamp < 2^32 and index < 2^21 make the key an exact double, and a
-  // typed-array sort is several times faster than sorting with a comparator.
+/**
+ * Sort keys of `rows[0, n)`, ascending: timestamp · 2^21 + index. As timestamp
+ * < 2^32 and index < 2^21 the key is an exact double, and a typed-array sort is
+ * several times faster than sorting objects with a comparator.
+ */
+function sortByTimestamp(rows: readonly HttpLogRow[], n: number): Float64Array {
   const keys = new Float64Array(n);
-  for (let i = 0; i < n; i++) keys[i] = rows[i]!.timestamp * 2_097_152 + i;
-  keys.sort();
+  for (let i = 0; i < n; i++) keys[i] = rows[i]!.timestamp * INDEX_SPAN + i;
+  return keys.sort();
+}
+
+/** Indexes of `rows[0, n)` by ascending timestamp, ties in input order, from keys of a longer prefix. */
+function prefixOrder(sorted: Float64Array, n: number): Uint32Array {
   const order = new Uint32Array(n);
-  for (let i = 0; i < n; i++) order[i] = keys[i]! % 2_097_152;
+  let j = 0;
+  for (let i = 0; j < n; i++) {
+    const index = sorted[i]! % INDEX_SPAN;
+    if (index < n) order[j++] = index;
+  }
   return order;
 }
 

@@ -36,8 +36,9 @@ export interface ProduceOptions {
   /** Most records in one produce request. Default: `500`. */
   maxBatch?: number;
   /**
-   * Stops the run after the request in flight; `produce` then resolves with
-   * the summary (`aborted: true`) rather than rejecting. Default: none.
+   * Stops the run before the next request (one in flight completes first);
+   * `produce` then resolves with the summary (`aborted: true`) rather than
+   * rejecting. Connecting is not interrupted. Default: none.
    */
   signal?: AbortSignal;
   /** Called after every acknowledged request. Default: none. */
@@ -84,16 +85,8 @@ const REQUESTS_PER_SECOND = 20;
  * Rejects with {@linkcode AnonymizerError} (code `"kafka_connect"` or
  * `"kafka_send"`, retriable) when Kafka cannot be reached or refuses a
  * request after kafkajs's retries, and with code `"invalid_option"` for an
- * option out of range.
- *
- * @example Send ten records to a fresh topic (needs Kafka on 127.0.0.1:9092)
- * ```ts ignore
- * import { produce } from "./produce.ts";
- * import assert from "node:assert/strict";
- *
- * const summary = await produce(["127.0.0.1:9092"], { topic: "http_log", count: 10, seed: 1 });
- * assert.equal(summary.sent, 10);
- * ```
+ * option out of range. tests/produce_roundtrip_test.ts shows a run against
+ * the local stack.
  *
  * @example Nothing to send, so Kafka is never contacted
  * ```ts
@@ -157,7 +150,9 @@ export async function produce(
     await producer.connect();
   } catch (cause) {
     throw new AnonymizerError(
-      `Cannot connect to Kafka as no broker answered: brokers are ${brokers.join(",")}`,
+      `Cannot connect to Kafka as no broker answered: brokers are ${brokers.join(",")} (${
+        cause instanceof Error ? cause.message : String(cause)
+      })`,
       { code: "kafka_connect", retriable: true, cause },
     );
   }

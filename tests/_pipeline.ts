@@ -135,7 +135,7 @@ export async function produceRecords(
   return { records, summary };
 }
 
-/** A service running as a child process (`deno run -P main.ts run`). */
+/** A service running as a child process (`deno run main.ts run` with the service's permissions). */
 export interface ServiceProcess {
   /** The child. */
   child: Deno.ChildProcess;
@@ -155,7 +155,7 @@ export async function spawnService(
   const logPath = `${world.dir}/${options.name ?? "service"}.log`;
   const file = await Deno.open(logPath, { create: true, append: true, write: true });
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-P", "main.ts", "run"],
+    args: ["run", "--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys", "main.ts", "run"],
     cwd: ROOT,
     env: { ...world.env, ...options.overrides, NO_COLOR: "1" },
     clearEnv: false,
