@@ -8,6 +8,7 @@
 import { parseArgs } from "node:util";
 import { ConfigError } from "./errors.ts";
 import type { OffsetReset } from "./kafka_source.ts";
+import type { WireEncoding } from "./pack_batch.ts";
 
 /** The validated configuration of `anonymizer run`. */
 export interface Config {
@@ -29,7 +30,7 @@ export interface Config {
   clickhouseMarginMs: number;
   clickhouseBodyLimit: number;
   clickhouseTimeoutMs: number;
-  clickhouseEncoding: string;
+  clickhouseEncoding: "auto" | WireEncoding;
   clickhouseDedup: "auto" | "check" | "token";
   kvPath: string;
   logLevel: "trace" | "debug" | "info" | "warning" | "error" | "fatal";
@@ -262,8 +263,8 @@ export const SETTINGS: readonly Setting[] = [
     flag: "clickhouse-encoding",
     key: "clickhouseEncoding",
     default: "auto",
-    help: "Body encoding: auto (by server version), native_zstd, rowbinary_gzip or rowbinary",
-    parse: oneOf("auto", "native_zstd", "rowbinary_gzip", "rowbinary"),
+    help: "Body encoding: auto (by server version), native_clickhouse_zstd (any version) or native_zstd (23.3+)",
+    parse: oneOf("auto", "native_clickhouse_zstd", "native_zstd"),
   },
   {
     env: "CLICKHOUSE_DEDUP",
