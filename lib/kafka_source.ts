@@ -168,11 +168,6 @@ export class KafkaSource {
         groupId: this.#opts.groupId,
         partitions: this.#status.assigned.join(",") || "none",
       });
-      if (typeof this.#opts.offsetReset === "object") {
-        this.#seekToTimestamp(assigned, this.#opts.offsetReset.timestamp).catch((err) =>
-          log.error("Cannot seek to the reset timestamp: {error}", { error: String(err) })
-        );
-      }
     });
     c.on(c.events.CRASH, (e) => {
       this.#status.joined = false;
@@ -184,6 +179,9 @@ export class KafkaSource {
     c.on(c.events.STOP, () => {
       this.#status.joined = false;
     });
+    if (typeof this.#opts.offsetReset === "object") {
+      await this.#resetToTimestamp(this.#opts.offsetReset.timestamp);
+    }
     await c.connect();
     await c.subscribe({
       topic: this.#opts.topic,
@@ -219,30 +217,36 @@ export class KafkaSource {
     }
   }
 
-  async #seekToTimestamp(partitions: number[], timestamp: number): Promise<void> {
+  /**
+   * Gives partitions without a committed offset a starting offset by time,
+   * before this consumer joins: seeking after the first fetch could let rows
+   * from the wrong start be queued.
+   */
+  async #resetToTimestamp(timestamp: number): Promise<void> {
     const admin = this.#kafka.admin();
     await admin.connect();
     try {
-      const [committed] = await admin.fetchOffsets({
-        groupId: this.#opts.groupId,
-        topics: [this.#opts.topic],
-      });
-      const byTime = await admin.fetchTopicOffsetsByTimestamp(this.#opts.topic, timestamp);
-      for (const p of partitions) {
-        const c = committed?.partitions.find((x) => x.partition === p);
-        if (c !== undefined && c.offset !== "-1") continue;
-        const target = byTime.find((x) => x.partition === p);
-        if (target === undefined) continue;
-        this.#consumer.seek({ topic: this.#opts.topic, partition: p, offset: target.offset });
-        log.info(
-          "Partition {partition} has no committed offset; starting at {offset} (time {timestamp})",
-          {
-            partition: p,
-            offset: target.offset,
-            timestamp: new Date(timestamp).toISOString(),
-          },
-        );
+      const [committed] = await admin.fetchOffsets({ groupId: this.#opts.groupId, topics: [this.#opts.topic] });
+      const ends = await admin.fetchTopicOffsets(this.#opts.topic);
+      // No message at or after the time: start at the end, like "latest".
+      const byTime = (await admin.fetchTopicOffsetsByTimestamp(this.#opts.topic, timestamp)).map((t) =>
+        t.offset === "-1" ? { ...t, offset: ends.find((e) => e.partition === t.partition)?.high ?? "0" } : t
+      );
+      const partitions = byTime.filter((t) =>
+        (committed?.partitions.find((c) => c.partition === t.partition)?.offset ?? "-1") === "-1"
+      );
+      if (partitions.length === 0) return;
+      try {
+        await admin.setOffsets({ groupId: this.#opts.groupId, topic: this.#opts.topic, partitions });
+      } catch (err) {
+        // A running member of the group already owns these partitions and their positions.
+        log.warn("Cannot set start offsets by time as the group is active: {error}", { error: String(err) });
+        return;
       }
+      log.info("Partitions {partitions} had no committed offset; starting at time {time}", {
+        partitions: partitions.map((p) => `${p.partition}@${p.offset}`).join(","),
+        time: new Date(timestamp).toISOString(),
+      });
     } finally {
       await admin.disconnect();
     }
