@@ -1,12 +1,12 @@
 /**
  * CityHash128 as of CityHash v1.0.2, the version ClickHouse froze for the
- * checksum of its native compressed blocks. Later CityHash versions (and the
- * generic npm packages, which implement CityHash64 only) give other values, so
- * the server would reject the block with a checksum mismatch.
+ * checksum of its native compressed blocks. Later CityHash versions give other
+ * values, and the server rejects a block whose checksum does not match; no
+ * maintained npm package implements this version (docs/wire.md).
  *
  * Written from the published algorithm (Google, MIT licence). Every 64-bit
- * value is held as two unsigned 32-bit halves: BigInt arithmetic allocates on
- * every operation and made hashing a 1 MiB body take tens of milliseconds.
+ * value is held as two unsigned 32-bit halves, as BigInt arithmetic would
+ * allocate on every operation.
  *
  * @module
  */
@@ -18,20 +18,27 @@ const K2_HI = 0x9ae16a3b, K2_LO = 0x2f90404f;
 const K3_HI = 0xc949d7c7, K3_LO = 0x509e6557;
 const KMUL_HI = 0x9ddfea08, KMUL_LO = 0xeb382d69;
 
-// The 64-bit helpers return their result through these two slots instead of an
-// object, so the hot loop allocates nothing.
-let rHi = 0;
-let rLo = 0;
+// The 64-bit helpers return their result in `r`, and the long-input loop keeps
+// its state in `st`: typed arrays hold uint32 values unboxed, where module
+// variables or objects box every value above 2^30 and made hashing 1 MiB spend
+// most of its time allocating.
+const r = new Uint32Array(2);
+const HI = 0, LO = 1;
+const st = new Uint32Array(16);
+// Indexes into `st`: the pairs v and w, then x, y, z, then the second half of
+// the pair `weakHashLen32` computes.
+const VF_HI = 0, VF_LO = 1, VS_HI = 2, VS_LO = 3, WF_HI = 4, WF_LO = 5, WS_HI = 6, WS_LO = 7;
+const X_HI = 8, X_LO = 9, Y_HI = 10, Y_LO = 11, Z_HI = 12, Z_LO = 13, W2_HI = 14, W2_LO = 15;
 
 function add(aHi: number, aLo: number, bHi: number, bLo: number): void {
   const lo = aLo + bLo;
-  rLo = lo >>> 0;
-  rHi = (aHi + bHi + (lo > 0xffffffff ? 1 : 0)) >>> 0;
+  r[LO] = lo >>> 0;
+  r[HI] = (aHi + bHi + (lo > 0xffffffff ? 1 : 0)) >>> 0;
 }
 
 function sub(aHi: number, aLo: number, bHi: number, bLo: number): void {
-  rLo = (aLo - bLo) >>> 0;
-  rHi = (aHi - bHi - (aLo < bLo ? 1 : 0)) >>> 0;
+  r[LO] = (aLo - bLo) >>> 0;
+  r[HI] = (aHi - bHi - (aLo < bLo ? 1 : 0)) >>> 0;
 }
 
 /** Low 64 bits of the product. */
@@ -41,16 +48,16 @@ function mul(aHi: number, aLo: number, bHi: number, bLo: number): void {
   const a0 = aLo & 0xffff, a1 = aLo >>> 16, b0 = bLo & 0xffff, b1 = bLo >>> 16;
   const p00 = a0 * b0, p01 = a0 * b1, p10 = a1 * b0;
   const mid = (p00 >>> 16) + (p01 & 0xffff) + (p10 & 0xffff);
-  rLo = ((mid << 16) | (p00 & 0xffff)) >>> 0;
-  rHi = (a1 * b1 + (p01 >>> 16) + (p10 >>> 16) + (mid >>> 16) + Math.imul(aHi, bLo) +
+  r[LO] = ((mid << 16) | (p00 & 0xffff)) >>> 0;
+  r[HI] = (a1 * b1 + (p01 >>> 16) + (p10 >>> 16) + (mid >>> 16) + Math.imul(aHi, bLo) +
     Math.imul(aLo, bHi)) >>> 0;
 }
 
 /** Right rotation by 1..63 bits. */
 function rot(hi: number, lo: number, shift: number): void {
   if (shift === 32) {
-    rHi = lo;
-    rLo = hi;
+    r[HI] = lo;
+    r[LO] = hi;
     return;
   }
   if (shift > 32) {
@@ -59,24 +66,24 @@ function rot(hi: number, lo: number, shift: number): void {
     lo = t;
     shift -= 32;
   }
-  rLo = ((lo >>> shift) | (hi << (32 - shift))) >>> 0;
-  rHi = ((hi >>> shift) | (lo << (32 - shift))) >>> 0;
+  r[LO] = ((lo >>> shift) | (hi << (32 - shift))) >>> 0;
+  r[HI] = ((hi >>> shift) | (lo << (32 - shift))) >>> 0;
 }
 
 /** `x ^ (x >> 47)`. */
 function shiftMix(hi: number, lo: number): void {
-  rLo = (lo ^ (hi >>> 15)) >>> 0;
-  rHi = hi;
+  r[LO] = (lo ^ (hi >>> 15)) >>> 0;
+  r[HI] = hi;
 }
 
 /** CityHash's `Hash128to64`, used as `HashLen16(u, v)`. */
 function hashLen16(uHi: number, uLo: number, vHi: number, vLo: number): void {
   mul((uHi ^ vHi) >>> 0, (uLo ^ vLo) >>> 0, KMUL_HI, KMUL_LO);
-  shiftMix(rHi, rLo);
-  const aHi = rHi, aLo = rLo;
+  shiftMix(r[HI]!, r[LO]!);
+  const aHi = r[HI]!, aLo = r[LO]!;
   mul((vHi ^ aHi) >>> 0, (vLo ^ aLo) >>> 0, KMUL_HI, KMUL_LO);
-  shiftMix(rHi, rLo);
-  mul(rHi, rLo, KMUL_HI, KMUL_LO);
+  shiftMix(r[HI]!, r[LO]!);
+  mul(r[HI]!, r[LO]!, KMUL_HI, KMUL_LO);
 }
 
 function fetch32(s: Uint8Array, p: number): number {
@@ -89,31 +96,31 @@ function hashLen0to16(s: Uint8Array, p: number, len: number): void {
     const aLo = fetch32(s, p), aHi = fetch32(s, p + 4);
     const bLo = fetch32(s, p + len - 8), bHi = fetch32(s, p + len - 4);
     add(bHi, bLo, 0, len);
-    rot(rHi, rLo, len);
-    hashLen16(aHi, aLo, rHi, rLo);
-    rHi = (rHi ^ bHi) >>> 0;
-    rLo = (rLo ^ bLo) >>> 0;
+    rot(r[HI]!, r[LO]!, len);
+    hashLen16(aHi, aLo, r[HI]!, r[LO]!);
+    r[HI] = (r[HI]! ^ bHi) >>> 0;
+    r[LO] = (r[LO]! ^ bLo) >>> 0;
     return;
   }
   if (len >= 4) {
     const a = fetch32(s, p);
     // len + (a << 3), with a < 2^32 so the shifted value spans 35 bits.
     add(a >>> 29, (a << 3) >>> 0, 0, len);
-    hashLen16(rHi, rLo, 0, fetch32(s, p + len - 4));
+    hashLen16(r[HI]!, r[LO]!, 0, fetch32(s, p + len - 4));
     return;
   }
   if (len > 0) {
     const y = s[p]! + (s[p + (len >>> 1)]! << 8);
     const z = len + (s[p + len - 1]! << 2);
     mul(0, y, K2_HI, K2_LO);
-    const yHi = rHi, yLo = rLo;
+    const pHi = r[HI]!, pLo = r[LO]!;
     mul(0, z, K3_HI, K3_LO);
-    shiftMix((yHi ^ rHi) >>> 0, (yLo ^ rLo) >>> 0);
-    mul(rHi, rLo, K2_HI, K2_LO);
+    shiftMix((pHi ^ r[HI]!) >>> 0, (pLo ^ r[LO]!) >>> 0);
+    mul(r[HI]!, r[LO]!, K2_HI, K2_LO);
     return;
   }
-  rHi = K2_HI;
-  rLo = K2_LO;
+  r[HI] = K2_HI;
+  r[LO] = K2_LO;
 }
 
 /** CityHash v1.0.2 `CityMurmur`, for inputs shorter than 128 bytes. */
@@ -131,50 +138,50 @@ function cityMurmur(
   let l = len - 16;
   if (l <= 0) {
     mul(aHi, aLo, K1_HI, K1_LO);
-    shiftMix(rHi, rLo);
-    mul(rHi, rLo, K1_HI, K1_LO);
-    aHi = rHi;
-    aLo = rLo;
+    shiftMix(r[HI]!, r[LO]!);
+    mul(r[HI]!, r[LO]!, K1_HI, K1_LO);
+    aHi = r[HI]!;
+    aLo = r[LO]!;
     mul(bHi, bLo, K1_HI, K1_LO);
-    const tHi = rHi, tLo = rLo;
+    const tHi = r[HI]!, tLo = r[LO]!;
     hashLen0to16(s, p, len);
-    add(tHi, tLo, rHi, rLo);
-    cHi = rHi;
-    cLo = rLo;
+    add(tHi, tLo, r[HI]!, r[LO]!);
+    cHi = r[HI]!;
+    cLo = r[LO]!;
     if (len >= 8) add(aHi, aLo, fetch32(s, p + 4), fetch32(s, p));
     else add(aHi, aLo, cHi, cLo);
-    shiftMix(rHi, rLo);
-    dHi = rHi;
-    dLo = rLo;
+    shiftMix(r[HI]!, r[LO]!);
+    dHi = r[HI]!;
+    dLo = r[LO]!;
   } else {
     add(fetch32(s, p + len - 4), fetch32(s, p + len - 8), K1_HI, K1_LO);
-    hashLen16(rHi, rLo, aHi, aLo);
-    cHi = rHi;
-    cLo = rLo;
+    hashLen16(r[HI]!, r[LO]!, aHi, aLo);
+    cHi = r[HI]!;
+    cLo = r[LO]!;
     add(bHi, bLo, 0, len);
-    const tHi = rHi, tLo = rLo;
+    const tHi = r[HI]!, tLo = r[LO]!;
     add(cHi, cLo, fetch32(s, p + len - 12), fetch32(s, p + len - 16));
-    hashLen16(tHi, tLo, rHi, rLo);
-    dHi = rHi;
-    dLo = rLo;
+    hashLen16(tHi, tLo, r[HI]!, r[LO]!);
+    dHi = r[HI]!;
+    dLo = r[LO]!;
     add(aHi, aLo, dHi, dLo);
-    aHi = rHi;
-    aLo = rLo;
+    aHi = r[HI]!;
+    aLo = r[LO]!;
     do {
       mul(fetch32(s, p + 4), fetch32(s, p), K1_HI, K1_LO);
-      shiftMix(rHi, rLo);
-      mul(rHi, rLo, K1_HI, K1_LO);
-      mul((aHi ^ rHi) >>> 0, (aLo ^ rLo) >>> 0, K1_HI, K1_LO);
-      aHi = rHi;
-      aLo = rLo;
+      shiftMix(r[HI]!, r[LO]!);
+      mul(r[HI]!, r[LO]!, K1_HI, K1_LO);
+      mul((aHi ^ r[HI]!) >>> 0, (aLo ^ r[LO]!) >>> 0, K1_HI, K1_LO);
+      aHi = r[HI]!;
+      aLo = r[LO]!;
       bHi = (bHi ^ aHi) >>> 0;
       bLo = (bLo ^ aLo) >>> 0;
       mul(fetch32(s, p + 12), fetch32(s, p + 8), K1_HI, K1_LO);
-      shiftMix(rHi, rLo);
-      mul(rHi, rLo, K1_HI, K1_LO);
-      mul((cHi ^ rHi) >>> 0, (cLo ^ rLo) >>> 0, K1_HI, K1_LO);
-      cHi = rHi;
-      cLo = rLo;
+      shiftMix(r[HI]!, r[LO]!);
+      mul(r[HI]!, r[LO]!, K1_HI, K1_LO);
+      mul((cHi ^ r[HI]!) >>> 0, (cLo ^ r[LO]!) >>> 0, K1_HI, K1_LO);
+      cHi = r[HI]!;
+      cLo = r[LO]!;
       dHi = (dHi ^ cHi) >>> 0;
       dLo = (dLo ^ cLo) >>> 0;
       p += 16;
@@ -182,21 +189,14 @@ function cityMurmur(
     } while (l > 0);
   }
   hashLen16(aHi, aLo, cHi, cLo);
-  aHi = rHi;
-  aLo = rLo;
+  aHi = r[HI]!;
+  aLo = r[LO]!;
   hashLen16(dHi, dLo, bHi, bLo);
-  bHi = rHi;
-  bLo = rLo;
+  bHi = r[HI]!;
+  bLo = r[LO]!;
   hashLen16(bHi, bLo, aHi, aLo);
-  return [(aHi ^ bHi) >>> 0, (aLo ^ bLo) >>> 0, rHi, rLo];
+  return [(aHi ^ bHi) >>> 0, (aLo ^ bLo) >>> 0, r[HI]!, r[LO]!];
 }
-
-// State of the long-input loop: the pairs v and w plus x, y, z, as halves.
-let vfHi = 0, vfLo = 0, vsHi = 0, vsLo = 0, wfHi = 0, wfLo = 0, wsHi = 0, wsLo = 0;
-let xHi = 0, xLo = 0, yHi = 0, yLo = 0, zHi = 0, zLo = 0;
-
-// Second half of the pair `weakHashLen32` computes; the first is left in rHi, rLo.
-let weakSecondHi = 0, weakSecondLo = 0;
 
 /** `WeakHashLen32WithSeeds(s + p, a, b)`. */
 function weakHashLen32(
@@ -212,63 +212,63 @@ function weakHashLen32(
   const yLo2 = fetch32(s, p + 16), yHi2 = fetch32(s, p + 20);
   const zLo2 = fetch32(s, p + 24), zHi2 = fetch32(s, p + 28);
   add(aHi, aLo, wHi, wLo);
-  aHi = rHi;
-  aLo = rLo;
+  aHi = r[HI]!;
+  aLo = r[LO]!;
   add(bHi, bLo, aHi, aLo);
-  add(rHi, rLo, zHi2, zLo2);
-  rot(rHi, rLo, 21);
-  bHi = rHi;
-  bLo = rLo;
+  add(r[HI]!, r[LO]!, zHi2, zLo2);
+  rot(r[HI]!, r[LO]!, 21);
+  bHi = r[HI]!;
+  bLo = r[LO]!;
   const cHi = aHi, cLo = aLo;
   add(aHi, aLo, xHi2, xLo2);
-  add(rHi, rLo, yHi2, yLo2);
-  aHi = rHi;
-  aLo = rLo;
+  add(r[HI]!, r[LO]!, yHi2, yLo2);
+  aHi = r[HI]!;
+  aLo = r[LO]!;
   rot(aHi, aLo, 44);
-  add(bHi, bLo, rHi, rLo);
-  add(rHi, rLo, cHi, cLo);
-  weakSecondHi = rHi;
-  weakSecondLo = rLo;
+  add(bHi, bLo, r[HI]!, r[LO]!);
+  add(r[HI]!, r[LO]!, cHi, cLo);
+  st[W2_HI] = r[HI]!;
+  st[W2_LO] = r[LO]!;
   add(aHi, aLo, zHi2, zLo2);
 }
 
 /** One 64-byte step of the long-input loop, reading `s[p, p + 64)`. */
 function step64(s: Uint8Array, p: number): void {
-  add(xHi, xLo, yHi, yLo);
-  add(rHi, rLo, vfHi, vfLo);
-  add(rHi, rLo, fetch32(s, p + 20), fetch32(s, p + 16));
-  rot(rHi, rLo, 37);
-  mul(rHi, rLo, K1_HI, K1_LO);
-  xHi = (rHi ^ wsHi) >>> 0;
-  xLo = (rLo ^ wsLo) >>> 0;
-  add(yHi, yLo, vsHi, vsLo);
-  add(rHi, rLo, fetch32(s, p + 52), fetch32(s, p + 48));
-  rot(rHi, rLo, 42);
-  mul(rHi, rLo, K1_HI, K1_LO);
-  yHi = (rHi ^ vfHi) >>> 0;
-  yLo = (rLo ^ vfLo) >>> 0;
-  rot((zHi ^ wfHi) >>> 0, (zLo ^ wfLo) >>> 0, 33);
-  zHi = rHi;
-  zLo = rLo;
-  mul(vsHi, vsLo, K1_HI, K1_LO);
-  const aHi = rHi, aLo = rLo;
-  add(xHi, xLo, wfHi, wfLo);
-  weakHashLen32(s, p, aHi, aLo, rHi, rLo);
-  vfHi = rHi;
-  vfLo = rLo;
-  vsHi = weakSecondHi;
-  vsLo = weakSecondLo;
-  add(zHi, zLo, wsHi, wsLo);
-  weakHashLen32(s, p + 32, rHi, rLo, yHi, yLo);
-  wfHi = rHi;
-  wfLo = rLo;
-  wsHi = weakSecondHi;
-  wsLo = weakSecondLo;
-  const tHi = zHi, tLo = zLo;
-  zHi = xHi;
-  zLo = xLo;
-  xHi = tHi;
-  xLo = tLo;
+  add(st[X_HI]!, st[X_LO]!, st[Y_HI]!, st[Y_LO]!);
+  add(r[HI]!, r[LO]!, st[VF_HI]!, st[VF_LO]!);
+  add(r[HI]!, r[LO]!, fetch32(s, p + 20), fetch32(s, p + 16));
+  rot(r[HI]!, r[LO]!, 37);
+  mul(r[HI]!, r[LO]!, K1_HI, K1_LO);
+  st[X_HI] = (r[HI]! ^ st[WS_HI]!) >>> 0;
+  st[X_LO] = (r[LO]! ^ st[WS_LO]!) >>> 0;
+  add(st[Y_HI]!, st[Y_LO]!, st[VS_HI]!, st[VS_LO]!);
+  add(r[HI]!, r[LO]!, fetch32(s, p + 52), fetch32(s, p + 48));
+  rot(r[HI]!, r[LO]!, 42);
+  mul(r[HI]!, r[LO]!, K1_HI, K1_LO);
+  st[Y_HI] = (r[HI]! ^ st[VF_HI]!) >>> 0;
+  st[Y_LO] = (r[LO]! ^ st[VF_LO]!) >>> 0;
+  rot((st[Z_HI]! ^ st[WF_HI]!) >>> 0, (st[Z_LO]! ^ st[WF_LO]!) >>> 0, 33);
+  st[Z_HI] = r[HI]!;
+  st[Z_LO] = r[LO]!;
+  mul(st[VS_HI]!, st[VS_LO]!, K1_HI, K1_LO);
+  const aHi = r[HI]!, aLo = r[LO]!;
+  add(st[X_HI]!, st[X_LO]!, st[WF_HI]!, st[WF_LO]!);
+  weakHashLen32(s, p, aHi, aLo, r[HI]!, r[LO]!);
+  st[VF_HI] = r[HI]!;
+  st[VF_LO] = r[LO]!;
+  st[VS_HI] = st[W2_HI]!;
+  st[VS_LO] = st[W2_LO]!;
+  add(st[Z_HI]!, st[Z_LO]!, st[WS_HI]!, st[WS_LO]!);
+  weakHashLen32(s, p + 32, r[HI]!, r[LO]!, st[Y_HI]!, st[Y_LO]!);
+  st[WF_HI] = r[HI]!;
+  st[WF_LO] = r[LO]!;
+  st[WS_HI] = st[W2_HI]!;
+  st[WS_LO] = st[W2_LO]!;
+  const tHi = st[Z_HI]!, tLo = st[Z_LO]!;
+  st[Z_HI] = st[X_HI]!;
+  st[Z_LO] = st[X_LO]!;
+  st[X_HI] = tHi;
+  st[X_LO] = tLo;
 }
 
 /** CityHash v1.0.2 `CityHash128WithSeed` of `s[p, p + len)`. */
@@ -282,93 +282,93 @@ function cityHash128WithSeed(
   seedHiLo: number,
 ): [number, number, number, number] {
   if (len < 128) return cityMurmur(s, p, len, seedLoHi, seedLoLo, seedHiHi, seedHiLo);
-  xHi = seedLoHi;
-  xLo = seedLoLo;
-  yHi = seedHiHi;
-  yLo = seedHiLo;
+  st[X_HI] = seedLoHi;
+  st[X_LO] = seedLoLo;
+  st[Y_HI] = seedHiHi;
+  st[Y_LO] = seedHiLo;
   mul(0, len, K1_HI, K1_LO);
-  zHi = rHi;
-  zLo = rLo;
-  rot((yHi ^ K1_HI) >>> 0, (yLo ^ K1_LO) >>> 0, 49);
-  mul(rHi, rLo, K1_HI, K1_LO);
-  add(rHi, rLo, fetch32(s, p + 4), fetch32(s, p));
-  vfHi = rHi;
-  vfLo = rLo;
-  rot(vfHi, vfLo, 42);
-  mul(rHi, rLo, K1_HI, K1_LO);
-  add(rHi, rLo, fetch32(s, p + 12), fetch32(s, p + 8));
-  vsHi = rHi;
-  vsLo = rLo;
-  add(yHi, yLo, zHi, zLo);
-  rot(rHi, rLo, 35);
-  mul(rHi, rLo, K1_HI, K1_LO);
-  add(rHi, rLo, xHi, xLo);
-  wfHi = rHi;
-  wfLo = rLo;
-  add(xHi, xLo, fetch32(s, p + 92), fetch32(s, p + 88));
-  rot(rHi, rLo, 53);
-  mul(rHi, rLo, K1_HI, K1_LO);
-  wsHi = rHi;
-  wsLo = rLo;
+  st[Z_HI] = r[HI]!;
+  st[Z_LO] = r[LO]!;
+  rot((st[Y_HI]! ^ K1_HI) >>> 0, (st[Y_LO]! ^ K1_LO) >>> 0, 49);
+  mul(r[HI]!, r[LO]!, K1_HI, K1_LO);
+  add(r[HI]!, r[LO]!, fetch32(s, p + 4), fetch32(s, p));
+  st[VF_HI] = r[HI]!;
+  st[VF_LO] = r[LO]!;
+  rot(st[VF_HI]!, st[VF_LO]!, 42);
+  mul(r[HI]!, r[LO]!, K1_HI, K1_LO);
+  add(r[HI]!, r[LO]!, fetch32(s, p + 12), fetch32(s, p + 8));
+  st[VS_HI] = r[HI]!;
+  st[VS_LO] = r[LO]!;
+  add(st[Y_HI]!, st[Y_LO]!, st[Z_HI]!, st[Z_LO]!);
+  rot(r[HI]!, r[LO]!, 35);
+  mul(r[HI]!, r[LO]!, K1_HI, K1_LO);
+  add(r[HI]!, r[LO]!, st[X_HI]!, st[X_LO]!);
+  st[WF_HI] = r[HI]!;
+  st[WF_LO] = r[LO]!;
+  add(st[X_HI]!, st[X_LO]!, fetch32(s, p + 92), fetch32(s, p + 88));
+  rot(r[HI]!, r[LO]!, 53);
+  mul(r[HI]!, r[LO]!, K1_HI, K1_LO);
+  st[WS_HI] = r[HI]!;
+  st[WS_LO] = r[LO]!;
   do {
     step64(s, p);
     step64(s, p + 64);
     p += 128;
     len -= 128;
   } while (len >= 128);
-  rot(wfHi, wfLo, 37);
-  mul(rHi, rLo, K0_HI, K0_LO);
-  add(rHi, rLo, zHi, zLo);
-  add(yHi, yLo, rHi, rLo);
-  yHi = rHi;
-  yLo = rLo;
-  add(vfHi, vfLo, zHi, zLo);
-  rot(rHi, rLo, 49);
-  mul(rHi, rLo, K0_HI, K0_LO);
-  add(xHi, xLo, rHi, rLo);
-  xHi = rHi;
-  xLo = rLo;
+  rot(st[WF_HI]!, st[WF_LO]!, 37);
+  mul(r[HI]!, r[LO]!, K0_HI, K0_LO);
+  add(r[HI]!, r[LO]!, st[Z_HI]!, st[Z_LO]!);
+  add(st[Y_HI]!, st[Y_LO]!, r[HI]!, r[LO]!);
+  st[Y_HI] = r[HI]!;
+  st[Y_LO] = r[LO]!;
+  add(st[VF_HI]!, st[VF_LO]!, st[Z_HI]!, st[Z_LO]!);
+  rot(r[HI]!, r[LO]!, 49);
+  mul(r[HI]!, r[LO]!, K0_HI, K0_LO);
+  add(st[X_HI]!, st[X_LO]!, r[HI]!, r[LO]!);
+  st[X_HI] = r[HI]!;
+  st[X_LO] = r[LO]!;
   for (let tailDone = 0; tailDone < len;) {
     tailDone += 32;
-    sub(yHi, yLo, xHi, xLo);
-    rot(rHi, rLo, 42);
-    mul(rHi, rLo, K0_HI, K0_LO);
-    add(rHi, rLo, vsHi, vsLo);
-    yHi = rHi;
-    yLo = rLo;
+    sub(st[Y_HI]!, st[Y_LO]!, st[X_HI]!, st[X_LO]!);
+    rot(r[HI]!, r[LO]!, 42);
+    mul(r[HI]!, r[LO]!, K0_HI, K0_LO);
+    add(r[HI]!, r[LO]!, st[VS_HI]!, st[VS_LO]!);
+    st[Y_HI] = r[HI]!;
+    st[Y_LO] = r[LO]!;
     const q = p + len - tailDone;
-    add(wfHi, wfLo, fetch32(s, q + 20), fetch32(s, q + 16));
-    wfHi = rHi;
-    wfLo = rLo;
-    rot(xHi, xLo, 49);
-    mul(rHi, rLo, K0_HI, K0_LO);
-    add(rHi, rLo, wfHi, wfLo);
-    xHi = rHi;
-    xLo = rLo;
-    add(wfHi, wfLo, vfHi, vfLo);
-    wfHi = rHi;
-    wfLo = rLo;
-    weakHashLen32(s, q, vfHi, vfLo, vsHi, vsLo);
-    vfHi = rHi;
-    vfLo = rLo;
-    vsHi = weakSecondHi;
-    vsLo = weakSecondLo;
+    add(st[WF_HI]!, st[WF_LO]!, fetch32(s, q + 20), fetch32(s, q + 16));
+    st[WF_HI] = r[HI]!;
+    st[WF_LO] = r[LO]!;
+    rot(st[X_HI]!, st[X_LO]!, 49);
+    mul(r[HI]!, r[LO]!, K0_HI, K0_LO);
+    add(r[HI]!, r[LO]!, st[WF_HI]!, st[WF_LO]!);
+    st[X_HI] = r[HI]!;
+    st[X_LO] = r[LO]!;
+    add(st[WF_HI]!, st[WF_LO]!, st[VF_HI]!, st[VF_LO]!);
+    st[WF_HI] = r[HI]!;
+    st[WF_LO] = r[LO]!;
+    weakHashLen32(s, q, st[VF_HI]!, st[VF_LO]!, st[VS_HI]!, st[VS_LO]!);
+    st[VF_HI] = r[HI]!;
+    st[VF_LO] = r[LO]!;
+    st[VS_HI] = st[W2_HI]!;
+    st[VS_LO] = st[W2_LO]!;
   }
-  hashLen16(xHi, xLo, vfHi, vfLo);
-  xHi = rHi;
-  xLo = rLo;
-  hashLen16(yHi, yLo, wfHi, wfLo);
-  yHi = rHi;
-  yLo = rLo;
-  add(xHi, xLo, vsHi, vsLo);
-  hashLen16(rHi, rLo, wsHi, wsLo);
-  add(rHi, rLo, yHi, yLo);
-  const loHi = rHi, loLo = rLo;
-  add(xHi, xLo, wsHi, wsLo);
-  const tHi = rHi, tLo = rLo;
-  add(yHi, yLo, vsHi, vsLo);
-  hashLen16(tHi, tLo, rHi, rLo);
-  return [loHi, loLo, rHi, rLo];
+  hashLen16(st[X_HI]!, st[X_LO]!, st[VF_HI]!, st[VF_LO]!);
+  st[X_HI] = r[HI]!;
+  st[X_LO] = r[LO]!;
+  hashLen16(st[Y_HI]!, st[Y_LO]!, st[WF_HI]!, st[WF_LO]!);
+  st[Y_HI] = r[HI]!;
+  st[Y_LO] = r[LO]!;
+  add(st[X_HI]!, st[X_LO]!, st[VS_HI]!, st[VS_LO]!);
+  hashLen16(r[HI]!, r[LO]!, st[WS_HI]!, st[WS_LO]!);
+  add(r[HI]!, r[LO]!, st[Y_HI]!, st[Y_LO]!);
+  const loHi = r[HI]!, loLo = r[LO]!;
+  add(st[X_HI]!, st[X_LO]!, st[WS_HI]!, st[WS_LO]!);
+  const tHi = r[HI]!, tLo = r[LO]!;
+  add(st[Y_HI]!, st[Y_LO]!, st[VS_HI]!, st[VS_LO]!);
+  hashLen16(tHi, tLo, r[HI]!, r[LO]!);
+  return [loHi, loLo, r[HI]!, r[LO]!];
 }
 
 /**
@@ -400,7 +400,7 @@ export function cityHash128(data: Uint8Array): Uint8Array {
     );
   } else if (len >= 8) {
     mul(0, len, K0_HI, K0_LO);
-    const aHi = (fetch32(data, 4) ^ rHi) >>> 0, aLo = (fetch32(data, 0) ^ rLo) >>> 0;
+    const aHi = (fetch32(data, 4) ^ r[HI]!) >>> 0, aLo = (fetch32(data, 0) ^ r[LO]!) >>> 0;
     h = cityHash128WithSeed(
       data,
       0,

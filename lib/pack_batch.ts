@@ -250,19 +250,12 @@ export function packBatch(rows: readonly HttpLogRow[], options: PackBatchOptions
     );
   }
 
-  const query: PackedBatch["query"] = {
-    query: statement,
-    // The block carries LowCardinality columns in their own encoding; a
-    // profile turning this off would make the server misread them.
-    low_cardinality_allow_in_native_format: "1",
-  };
   if (encoding === "native_clickhouse_zstd") {
-    query.decompress = "1";
     return {
       body: clickHouseBlock(best.frame, best.nativeLength),
       rowCount: best.n,
       encoding,
-      query,
+      query: { query: statement, decompress: "1" },
       headers: {},
     };
   }
@@ -270,7 +263,7 @@ export function packBatch(rows: readonly HttpLogRow[], options: PackBatchOptions
     body: best.frame,
     rowCount: best.n,
     encoding,
-    query,
+    query: { query: statement },
     headers: { "Content-Encoding": "zstd" },
   };
 }

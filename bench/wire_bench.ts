@@ -1,0 +1,88 @@
+/**
+ * Packs the stock distribution (lib/synthetic_records.ts, seeded) into
+ * default-limit request bodies with the default encoding of ClickHouse 18.16
+ * and of a modern server, and reports rows per request and packing cost.
+ *
+ * Usage: deno task bench:wire [--requests N] [--seed S]
+ *
+ * Progress goes to stderr; the last stdout line is the JSON report. `encode_ms`
+ * is the CPU time (user + system) of one packBatch() call, the figure the CPU
+ * budget counts; `encode_wall_ms` is its wall time.
+ *
+ * @module
+ */
+
+import process from "node:process";
+import { parseArgs } from "node:util";
+import { packBatch } from "../lib/pack_batch.ts";
+import { syntheticRecords } from "../lib/synthetic_records.ts";
+import type { HttpLogRow } from "../lib/types.ts";
+import { toRow } from "../lib/validate.ts";
+
+const NOW = 1_700_000_000_000;
+const BODY_LIMIT = 1_048_576;
+/** Untimed packs first, so the JIT has compiled the hot loops. */
+const WARMUP_REQUESTS = 2;
+/** More rows than fit are offered every time, as a backlog would. */
+const OFFERED_ROWS = 30_000;
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: { requests: { type: "string", default: "10" }, seed: { type: "string", default: "1" } },
+});
+const requests = Number(values.requests);
+const seed = Number(values.seed);
+
+function cpuMs(): number {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1000;
+}
+
+function stockRows(count: number): HttpLogRow[] {
+  const rows: HttpLogRow[] = [];
+  for (const record of syntheticRecords({ seed, now: NOW })) {
+    const result = toRow(record, { now: NOW });
+    if (result.ok) rows.push(result.row);
+    if (rows.length === count) return rows;
+  }
+  throw new Error("unreachable: the generator is endless");
+}
+
+const rows = stockRows(OFFERED_ROWS + (WARMUP_REQUESTS + requests) * 20_000);
+const encoder = new TextEncoder();
+const results = [];
+for (const serverVersion of ["18.16.1", "24.8.1.2684"]) {
+  let offset = 0;
+  let rowTotal = 0, byteTotal = 0, cpuTotal = 0, wallTotal = 0;
+  let encoding = "";
+  for (let i = 0; i < WARMUP_REQUESTS + requests; i++) {
+    const offered = rows.slice(offset, offset + OFFERED_ROWS);
+    const cpu0 = cpuMs(), wall0 = performance.now();
+    const packed = packBatch(offered, { batchId: BigInt(i), serverVersion, bodyLimit: BODY_LIMIT });
+    const cpu = cpuMs() - cpu0, wall = performance.now() - wall0;
+    offset += packed.rowCount;
+    encoding = packed.encoding;
+    if (i < WARMUP_REQUESTS) continue;
+    rowTotal += packed.rowCount;
+    byteTotal += packed.body.length;
+    cpuTotal += cpu;
+    wallTotal += wall;
+    Deno.stderr.writeSync(encoder.encode(
+      `${serverVersion} ${encoding}: ${packed.rowCount} rows, ${packed.body.length} bytes, ` +
+        `${cpu.toFixed(1)} ms CPU\n`,
+    ));
+  }
+  results.push({
+    server_version: serverVersion,
+    encoding,
+    requests,
+    rows_per_request: Math.round(rowTotal / requests),
+    bytes_per_row: Number((byteTotal / rowTotal).toFixed(2)),
+    fill_ratio: Number((byteTotal / requests / BODY_LIMIT).toFixed(4)),
+    encode_ms: Number((cpuTotal / requests).toFixed(1)),
+    encode_wall_ms: Number((wallTotal / requests).toFixed(1)),
+  });
+}
+Deno.stdout.writeSync(encoder.encode(
+  JSON.stringify({ bench: "wire", seed, body_limit: BODY_LIMIT, results }) + "\n",
+));

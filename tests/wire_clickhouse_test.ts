@@ -1,0 +1,185 @@
+/**
+ * Proves that real ClickHouse engines decode packed bodies to exactly the rows
+ * that went in: the stack's server over HTTP (18.16 in the stack, or whatever
+ * `TEST_CLICKHOUSE_URL` points at) and chDB, an in-process modern ClickHouse,
+ * fed the very bytes a modern server would receive.
+ */
+import assert from "node:assert/strict";
+import { type Engine, openChdbEngine, openHttpEngine, resolveTemplate } from "../bench/_engines.ts";
+import { packBatch, type PackBatchOptions, type PackedBatch } from "../lib/pack_batch.ts";
+import { syntheticRecords } from "../lib/synthetic_records.ts";
+import type { HttpLogRow } from "../lib/types.ts";
+import { toRow } from "../lib/validate.ts";
+import { CLICKHOUSE_URL, uniqueName } from "./_stack.ts";
+
+const MIB = 1_048_576;
+const NOW = 1_700_000_000_000;
+const SCHEMA = new URL("../schema/clickhouse/010_http_log.sql", import.meta.url);
+
+function stockRows(count: number, seed: number): HttpLogRow[] {
+  const rows: HttpLogRow[] = [];
+  for (const record of syntheticRecords({ seed, now: NOW })) {
+    const result = toRow(record, { now: NOW });
+    if (result.ok) rows.push(result.row);
+    if (rows.length === count) return rows;
+  }
+  throw new Error("unreachable: the generator is endless");
+}
+
+/** Stock rows after a few whose values sit at the edges of their column types. */
+function testRows(seed: number): HttpLogRow[] {
+  const rows = stockRows(25_000, seed);
+  const base = rows[0]!;
+  return [
+    { ...base, resourceId: 0n, bytesSent: 0n, requestTimeMilli: 0n, cacheStatus: "", url: "" },
+    {
+      ...base,
+      timestamp: 0xffff_fffe,
+      resourceId: 0xffff_ffff_ffff_ffffn,
+      bytesSent: 0x8000_0000_0000_0000n,
+      responseStatus: 599,
+      method: "PROPFIND",
+      remoteAddr: "2001:db8:85a3::X",
+      url: "/ünïcödé/€/𝄞?q=\t\n\\'\"",
+    },
+    { ...base, url: "/" + "x".repeat(8191) },
+    ...rows,
+  ];
+}
+
+function rowKey(row: HttpLogRow): string {
+  return JSON.stringify(row, (_key, value) => typeof value === "bigint" ? `${value}n` : value);
+}
+
+async function createTable(engine: Engine, database: string): Promise<void> {
+  await engine.run(`CREATE DATABASE ${database}`);
+  const ddl = await Deno.readTextFile(SCHEMA);
+  await engine.run(resolveTemplate(ddl, { database, modern: engine.modern }));
+}
+
+/** The stored rows of one batch, in the canonical form of {@linkcode rowKey}, sorted. */
+async function storedRows(engine: Engine, database: string, batchId: bigint): Promise<string[]> {
+  const { data } = await engine.run(
+    // Strings for the UInt64 columns, as JSON numbers lose precision past 2^53.
+    `SELECT toUInt32(timestamp) AS t, toString(resource_id) AS resource_id,
+       toString(bytes_sent) AS bytes_sent, toString(request_time_milli) AS request_time_milli,
+       response_status, cache_status, method, remote_addr, url
+     FROM ${database}.http_log WHERE batch_id = ${batchId}`,
+    "JSONEachRow",
+  );
+  return data.split("\n").filter((line) => line !== "").map((line) => {
+    const r = JSON.parse(line);
+    return rowKey({
+      timestamp: Number(r.t),
+      resourceId: BigInt(r.resource_id),
+      bytesSent: BigInt(r.bytes_sent),
+      requestTimeMilli: BigInt(r.request_time_milli),
+      responseStatus: Number(r.response_status),
+      cacheStatus: r.cache_status,
+      method: r.method,
+      remoteAddr: r.remote_addr,
+      url: r.url,
+    });
+  }).sort();
+}
+
+function sentRows(rows: HttpLogRow[], packed: PackedBatch): string[] {
+  return rows.slice(0, packed.rowCount).map(rowKey).sort();
+}
+
+/** Sends `packed` as ch-proxy would forward it: its URL parameters, headers and body, nothing else. */
+async function post(packed: PackedBatch): Promise<{ ok: boolean; text: string }> {
+  const url = new URL(CLICKHOUSE_URL);
+  for (const [key, value] of Object.entries(packed.query)) url.searchParams.set(key, value);
+  const res = await fetch(url, { method: "POST", headers: packed.headers, body: packed.body });
+  return { ok: res.ok, text: await res.text() };
+}
+
+Deno.test("packBatch() bodies decode to the same rows on ClickHouse over HTTP", async (t) => {
+  const engine = await openHttpEngine(CLICKHOUSE_URL);
+  const serverVersion = (await engine.run("SELECT version()")).data.trim();
+  const database = uniqueName("wire");
+  const rows = testRows(11);
+  const pack = (options: Partial<PackBatchOptions> & { batchId: bigint }) =>
+    packBatch(rows, { serverVersion, database, ...options });
+  try {
+    await createTable(engine, database);
+
+    await t.step(`a full 1 MiB body in the default encoding of ${serverVersion}`, async () => {
+      const packed = pack({ batchId: 11n });
+      assert.ok(packed.body.length <= MIB && packed.body.length >= 0.97 * MIB);
+      assert.ok(packed.rowCount >= 18_000, `${packed.rowCount} rows`);
+      const res = await post(packed);
+      assert.ok(res.ok, res.text);
+      assert.deepEqual(await storedRows(engine, database, 11n), sentRows(rows, packed));
+    });
+
+    await t.step("native_clickhouse_zstd, whose checksum the server verifies", async () => {
+      const packed = pack({ batchId: 12n, encoding: "native_clickhouse_zstd", bodyLimit: 200_000 });
+      const corrupt = { ...packed, body: packed.body.slice() };
+      corrupt.body[5]! ^= 1;
+      const refused = await post(corrupt);
+      assert.ok(!refused.ok);
+      assert.match(refused.text, /Checksum doesn't match/);
+      assert.deepEqual(await storedRows(engine, database, 12n), []);
+      const res = await post(packed);
+      assert.ok(res.ok, res.text);
+      assert.deepEqual(await storedRows(engine, database, 12n), sentRows(rows, packed));
+    });
+
+    await t.step("LowCardinality columns with more than 256 distinct values", async () => {
+      const many = rows.slice(0, 2_000).map((row, i) => ({ ...row, method: `M${i % 300}` }));
+      const packed = packBatch(many, { batchId: 13n, serverVersion, database });
+      assert.equal(packed.rowCount, many.length);
+      const res = await post(packed);
+      assert.ok(res.ok, res.text);
+      assert.deepEqual(await storedRows(engine, database, 13n), sentRows(many, packed));
+    });
+
+    if (!engine.modern) {
+      await t.step("18.16 refuses native_zstd, the encoding of 23.3 and later", async () => {
+        const res = await post(pack({ batchId: 14n, encoding: "native_zstd", bodyLimit: 50_000 }));
+        assert.ok(!res.ok);
+        assert.deepEqual(await storedRows(engine, database, 14n), []);
+      });
+    }
+  } finally {
+    await engine.run(`DROP DATABASE IF EXISTS ${database}`);
+    await engine.close();
+  }
+});
+
+Deno.test("packBatch() bodies for modern servers decode to the same rows in chDB", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "wire_chdb_" });
+  const engine = await openChdbEngine(`${dir}/session`);
+  try {
+    assert.ok(engine.modern, engine.label);
+    const serverVersion = (await engine.run("SELECT version()")).data.trim();
+    const database = uniqueName("wire");
+    await createTable(engine, database);
+    const rows = testRows(21);
+    const packed = packBatch(rows, { batchId: 21n, serverVersion, database });
+    assert.equal(packed.encoding, "native_zstd");
+    assert.deepEqual(packed.headers, { "Content-Encoding": "zstd" });
+    assert.ok(packed.body.length <= MIB && packed.body.length >= 0.97 * MIB);
+
+    // chDB has no HTTP interface: INFILE with COMPRESSION takes the place of
+    // Content-Encoding, and any other URL parameter becomes a SETTINGS clause.
+    const bodyPath = `${dir}/body.zst`;
+    await Deno.writeFile(bodyPath, packed.body);
+    const { query, ...settings } = packed.query;
+    const clause = Object.entries(settings).map(([key, value]) => `${key} = ${value}`).join(", ");
+    const insert = query.replace(
+      / FORMAT Native$/,
+      ` FROM INFILE '${bodyPath}' COMPRESSION 'zstd'${
+        clause && ` SETTINGS ${clause}`
+      } FORMAT Native`,
+    );
+    assert.notEqual(insert, query);
+    await engine.run(insert);
+    assert.deepEqual(await storedRows(engine, database, 21n), sentRows(rows, packed));
+  } finally {
+    await engine.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
