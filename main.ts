@@ -4,6 +4,8 @@
  * @module
  */
 
+import { AnonymizerError } from "./lib/errors.ts";
+
 /** A subcommand: its one-line summary and its entry point returning the exit code. */
 interface Command {
   summary: string;
@@ -48,5 +50,12 @@ if (import.meta.main) {
     console.error(USAGE);
     Deno.exit(2);
   }
-  Deno.exit(await (await command.load()).main(args));
+  try {
+    Deno.exit(await (await command.load()).main(args));
+  } catch (err) {
+    // Expected failures (e.g. ClickHouse unreachable during migrate) get one line, not a stack.
+    if (!(err instanceof AnonymizerError)) throw err;
+    console.error(err.message);
+    Deno.exit(1);
+  }
 }

@@ -77,6 +77,13 @@ const nonEmpty = (raw: string, fail: (r: string) => never) => {
   return raw.trim();
 };
 
+const topic = (raw: string, fail: (r: string) => never) => {
+  if (!/^[A-Za-z0-9._][A-Za-z0-9._-]{0,248}$/.test(raw)) {
+    fail("must be 1 to 249 of [A-Za-z0-9._-], not starting with -");
+  }
+  return raw;
+};
+
 const identifier = (raw: string, fail: (r: string) => never) => {
   if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(raw)) {
     fail("must be a plain identifier ([A-Za-z_][A-Za-z0-9_]*)");
@@ -104,7 +111,7 @@ export const SETTINGS: readonly Setting[] = [
     key: "kafkaTopic",
     default: "http_log",
     help: "Topic to consume",
-    parse: nonEmpty,
+    parse: topic,
   },
   {
     env: "KAFKA_GROUP_ID",
@@ -145,7 +152,7 @@ export const SETTINGS: readonly Setting[] = [
     key: "kafkaDlqTopic",
     default: "http_log.dlq",
     help: "Dead-letter topic for messages that cannot be stored",
-    parse: nonEmpty,
+    parse: topic,
   },
   {
     env: "KAFKA_SSL",

@@ -48,7 +48,7 @@ export async function main(args: string[]): Promise<number> {
       },
     }).values;
   } catch (err) {
-    console.error(`Cannot run the demo: ${(err as Error).message}`);
+    console.error(`Cannot run the demo as an option is unknown or lacks a value: current value is ${JSON.stringify(args.join(" "))}`);
     return 2;
   }
   if (flags.help) {

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { Counter, Gauge, Histogram, Registry } from "./_prometheus.ts";
 import type { FlushEvent, Landing } from "./flusher.ts";
 import type { KvQueue } from "./kv_queue.ts";
 import type { SourceBatchEvent } from "./kafka_source.ts";
@@ -74,116 +74,115 @@ function outcomeLabel(e: FlushEvent): string {
  */
 export function createMetrics(sources: MetricsSources): Metrics {
   const registry = new Registry();
-  const r = [registry];
   const consumed = new Counter({
     name: "anonymizer_records_consumed_total",
     help: "Kafka messages handled (queued or dead-lettered), excluding redelivered duplicates",
-    registers: r,
+    registry,
   });
   const skipped = new Counter({
     name: "anonymizer_records_redelivered_total",
     help:
       "Kafka messages skipped because they were already queued (redelivery after a crash or rebalance)",
-    registers: r,
+    registry,
   });
   const queued = new Counter({
     name: "anonymizer_records_queued_total",
     help: "Rows appended to the KV queue",
-    registers: r,
+    registry,
   });
   const flushed = new Counter({
     name: "anonymizer_records_flushed_total",
     help: "Rows confirmed stored in ClickHouse",
-    registers: r,
+    registry,
   });
   const dead = new Counter({
     name: "anonymizer_records_dead_lettered_total",
     help: "Messages or rows sent to the dead-letter topic, by reason",
     labelNames: ["reason"],
-    registers: r,
+    registry,
   });
   const requests = new Counter({
     name: "anonymizer_clickhouse_requests_total",
     help: "Requests to ClickHouse through ch-proxy, by kind and outcome",
     labelNames: ["kind", "outcome"],
-    registers: r,
+    registry,
   });
   const rowsPerRequest = new Histogram({
     name: "anonymizer_request_rows",
     help: "Rows per successful INSERT",
     buckets: [100, 1_000, 5_000, 10_000, 15_000, 18_000, 20_000, 25_000, 40_000],
-    registers: r,
+    registry,
   });
   const bytesPerRequest = new Histogram({
     name: "anonymizer_request_body_bytes",
     help: "Body bytes per successful INSERT",
     buckets: [65_536, 262_144, 524_288, 786_432, 943_718, 1_017_119, 1_048_576],
-    registers: r,
+    registry,
   });
   const latency = new Histogram({
     name: "anonymizer_delivery_latency_seconds",
     help: "Age of the oldest row of a batch when ClickHouse confirmed it",
     buckets: [5, 15, 30, 60, 65, 90, 120, 180, 300, 600, 1_800, 3_600],
-    registers: r,
+    registry,
   });
   new Gauge({
     name: "anonymizer_next_request_seconds",
     help: "Seconds until ch-proxy allows the next request",
-    registers: r,
-    collect() {
-      this.set(Math.max(0, sources.nextRequestSeconds()));
+    registry,
+    collect: (g) => {
+      g.set(Math.max(0, sources.nextRequestSeconds()));
     },
   });
   new Gauge({
     name: "anonymizer_consumer_lag",
     help: "Messages between the last consumed offset and the high watermark, per partition",
     labelNames: ["partition"],
-    registers: r,
-    collect() {
-      this.reset();
-      for (const [p, lag] of Object.entries(sources.lag())) this.set({ partition: p }, lag);
+    registry,
+    collect: (g) => {
+      g.reset();
+      for (const [p, lag] of Object.entries(sources.lag())) g.set(lag, { partition: p });
     },
   });
   new Gauge({
     name: "anonymizer_backpressure",
     help: "1 while consumption is paused because KV refuses writes (e.g. disk full)",
-    registers: r,
-    collect() {
-      this.set(sources.backpressure() ? 1 : 0);
+    registry,
+    collect: (g) => {
+      g.set(sources.backpressure() ? 1 : 0);
     },
   });
   const queueRows = new Gauge({
     name: "anonymizer_queue_rows",
     help: "Rows waiting in the KV queue, including the sealed batch",
-    registers: r,
+    registry,
   });
   const queueBytes = new Gauge({
     name: "anonymizer_queue_head_bytes",
     help:
       "Bytes of the oldest chunk per partition (a cheap sample; see anonymizer_kv_disk_bytes for size)",
-    registers: r,
+    registry,
   });
   const oldest = new Gauge({
     name: "anonymizer_queue_oldest_age_seconds",
     help: "Age of the oldest queued row",
-    registers: r,
+    registry,
   });
   const disk = new Gauge({
     name: "anonymizer_kv_disk_bytes",
     help: "Size on disk of the KV files (database and write-ahead log)",
-    registers: r,
+    registry,
   });
   // One async collector refreshes every KV-derived gauge per scrape.
   new Gauge({
     name: "anonymizer_queue_landed_rows",
     help: "Rows this KV has ever seen confirmed stored (survives restarts)",
-    registers: r,
-    async collect() {
+    registry,
+    collect: async (g) => {
       const s = await sources.queue.stats();
       queueRows.set(s.queuedRows + s.sealedRows);
       queueBytes.set(s.queuedBytes);
       oldest.set(s.oldestAgeMs / 1000);
-      this.set(s.landedRows);
+      g.set(s.landedRows);
       let bytes = 0;
       for (const suffix of ["", "-wal", "-shm"]) {
         try {
@@ -198,34 +197,34 @@ export function createMetrics(sources: MetricsSources): Metrics {
   new Gauge({
     name: "anonymizer_process_resident_memory_bytes",
     help: "Resident set size",
-    registers: r,
-    collect() {
-      this.set(Deno.memoryUsage().rss);
+    registry,
+    collect: (g) => {
+      g.set(Deno.memoryUsage().rss);
     },
   });
-  new Gauge({
+  new Counter({
     name: "anonymizer_process_cpu_seconds_total",
     help: "User and system CPU time spent",
-    registers: r,
-    collect() {
+    registry,
+    total: () => {
       const u = process.cpuUsage();
-      this.set((u.user + u.system) / 1e6);
+      return (u.user + u.system) / 1e6;
     },
   });
 
   return {
     registry,
     onBatch(e) {
-      consumed.inc(e.received - e.skipped);
-      skipped.inc(e.skipped);
-      queued.inc(e.queued);
+      consumed.inc({}, e.received - e.skipped);
+      skipped.inc({}, e.skipped);
+      queued.inc({}, e.queued);
       for (const [reason, n] of Object.entries(e.deadLetterCodes)) dead.inc({ reason }, n);
     },
     onFlush(e) {
       requests.inc({ kind: e.kind, outcome: outcomeLabel(e) });
     },
     onLanded(l) {
-      flushed.inc(l.rows);
+      flushed.inc({}, l.rows);
       latency.observe(l.latencyMs / 1000);
       if (l.via === "insert") {
         rowsPerRequest.observe(l.rows);

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import type { Registry } from "prom-client";
+import type { Registry } from "./_prometheus.ts";
 
 /** What `/readyz` reports. */
 export interface Readiness {

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { dirname } from "node:path";
+import { dirname, resolve } from "node:path";
 import { getLogger } from "@logtape/logtape";
 import type { Config } from "./config.ts";
 import { ClickHouseClient } from "./clickhouse_client.ts";
@@ -153,8 +153,9 @@ export async function startService(config: Config, options: ServiceOptions = {})
   await deadLetters.connect();
   flusher.start();
   await s.start();
-  log.info("anonymizer {instance} consuming {topic} from {brokers} into {url}", {
+  log.info("anonymizer {instance} consuming {topic} from {brokers} into {url}, queue {kv}", {
     instance: queue.instanceId,
+    kv: resolve(config.kvPath),
     topic: config.kafkaTopic,
     brokers: config.kafkaBrokers.join(","),
     url: config.clickhouseUrl,
