@@ -115,6 +115,7 @@ export class KafkaSource {
   >;
   readonly #hooks: Pick<KafkaSourceOptions, "onBatch" | "onOwned" | "onBackpressure">;
   readonly #reconciled = new Set<number>();
+  readonly #locks = new Map<number, Promise<unknown>>();
   #handovers = new Map<number, Array<[bigint, string]>>();
   #status: SourceStatus = { joined: false, assigned: [], lag: {}, backpressure: false };
   #stopping = false;
@@ -146,7 +147,12 @@ export class KafkaSource {
       // for at most a second of added latency.
       minBytes: 65_536,
       maxWaitTimeInMs: 1_000,
-      retry: { retries: Number.MAX_SAFE_INTEGER, maxRetryTime: 10_000 },
+      retry: {
+        retries: Number.MAX_SAFE_INTEGER,
+        maxRetryTime: 10_000,
+        // A join cut short by stop() crashes the runner; it must not start again.
+        restartOnFailure: () => Promise.resolve(!this.#stopping),
+      },
     });
     this.#deadLetters = options.deadLetters;
   }
@@ -156,7 +162,11 @@ export class KafkaSource {
     return { ...this.#status, assigned: [...this.#status.assigned], lag: { ...this.#status.lag } };
   }
 
-  /** Connects, joins the group and starts consuming. Resolves once consumption runs. */
+  /**
+   * Connects and subscribes, then joins the group and consumes in the
+   * background: after a crash the join waits for the dead member's session
+   * to expire, and the service must stay stoppable meanwhile.
+   */
   async start(): Promise<void> {
     const c = this.#consumer;
     c.on(c.events.GROUP_JOIN, (e) => {
@@ -187,12 +197,12 @@ export class KafkaSource {
       topic: this.#opts.topic,
       fromBeginning: this.#opts.offsetReset !== "latest",
     });
-    await c.run({
+    c.run({
       autoCommit: false,
       eachBatchAutoResolve: true,
       partitionsConsumedConcurrently: 1,
       eachBatch: (payload) => this.#eachBatch(payload),
-    });
+    }).catch((err) => log.error("Kafka consumer stopped: {error}", { error: String(err) }));
   }
 
   /**
@@ -201,20 +211,45 @@ export class KafkaSource {
    */
   async stop(): Promise<void> {
     this.#stopping = true;
-    await this.#consumer.disconnect();
+    const disconnected = this.#consumer.disconnect();
+    if (this.#status.joined) {
+      await disconnected;
+    } else {
+      // Nothing is appended or committed before the join, and kafkajs holds
+      // disconnect() until a pending JoinGroup is answered: up to a session
+      // timeout after a crash. Let it finish on its own.
+      disconnected.catch(() => {});
+    }
     this.#status.joined = false;
   }
 
   /**
-   * Resolves pending rows of partitions this instance no longer consumes
-   * (e.g. after a crash or a rebalance). Called by the cron watchdog.
+   * Settles pending rows that no Kafka batch will settle: on a partition
+   * still assigned (its last commit failed and no data followed), commits
+   * again; on one no longer assigned (a crash or a rebalance), reconciles
+   * with the group's last commit. Called by the cron watchdog.
    */
-  async resolveOrphans(): Promise<void> {
+  async settlePending(): Promise<void> {
     for (const p of await this.#queue.partitions()) {
       if (p.topic !== this.#opts.topic || p.next === p.committed) continue;
-      if (this.#status.assigned.includes(p.partition)) continue;
-      await this.#reconcile(p.partition, { fence: false });
+      await this.#withPartition(p.partition, async () => {
+        const state = await this.#queue.partition(p.topic, p.partition);
+        if (state === null || state.next === state.committed) return;
+        if (this.#status.assigned.includes(p.partition)) await this.#commit(p.partition, state.next);
+        else await this.#reconcile(p.partition, { fence: false });
+      });
     }
+  }
+
+  /**
+   * Runs `fn` after every earlier operation on `partition`. Commits must not
+   * interleave: Kafka stores the last commit, not the highest, and a stale
+   * lower one would hand rows we already own to the next owner.
+   */
+  #withPartition<T>(partition: number, fn: () => Promise<T>): Promise<T> {
+    const run = (this.#locks.get(partition) ?? Promise.resolve()).then(fn, fn);
+    this.#locks.set(partition, run.catch(() => {}));
+    return run;
   }
 
   /**
@@ -328,10 +363,14 @@ export class KafkaSource {
     return true;
   }
 
-  async #eachBatch(payload: EachBatchPayload): Promise<void> {
+  #eachBatch(payload: EachBatchPayload): Promise<void> {
+    return this.#withPartition(payload.batch.partition, () => this.#handleBatch(payload));
+  }
+
+  async #handleBatch(payload: EachBatchPayload): Promise<void> {
     const { batch, heartbeat, isRunning, isStale } = payload;
     const { partition } = batch;
-    if (batch.messages.length === 0) return;
+    if (batch.messages.length === 0 || this.#stopping) return;
     if (!this.#reconciled.has(partition)) {
       await this.#reconcile(partition, { fence: true });
       this.#reconciled.add(partition);

@@ -42,7 +42,7 @@ export async function main(args: string[]): Promise<number> {
   const config = configOrExit(args, HELP);
   if (typeof config === "number") return config;
   await configureLogging({ level: config.logLevel, format: config.logFormat });
-  const service = await startService(config);
+  // Listen before starting: a signal during startup must stop, not kill, a flusher already sending.
   const { promise: signalled, resolve } = Promise.withResolvers<string>();
   const onSignal = (name: string) => () => resolve(name);
   const handlers = (["SIGTERM", "SIGINT"] as const).map((sig) => {
@@ -50,6 +50,7 @@ export async function main(args: string[]): Promise<number> {
     Deno.addSignalListener(sig, h);
     return [sig, h] as const;
   });
+  const service = await startService(config);
   await signalled;
   for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
   await service.stop();

@@ -142,7 +142,7 @@ export async function startService(config: Config, options: ServiceOptions = {})
   }, async () => {
     flusher.wake();
     try {
-      await s.resolveOrphans();
+      await s.settlePending();
     } catch (err) {
       log.warn("Cannot resolve pending rows of revoked partitions yet: {error}", {
         error: String(err),

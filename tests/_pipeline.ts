@@ -162,11 +162,21 @@ export async function spawnService(
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  const writer = file.writable.getWriter();
+  // FsFile.writable buffers 64 KiB until close (Deno 2.7+), which would hide
+  // the log from waitForLog while the child runs: write through instead.
+  let writing = Promise.resolve();
   const pump = async (stream: ReadableStream<Uint8Array>) => {
-    for await (const chunk of stream) await writer.write(chunk);
+    for await (const chunk of stream) {
+      writing = writing.then(async () => {
+        for (let off = 0; off < chunk.byteLength;) off += await file.write(chunk.subarray(off));
+      });
+      await writing;
+    }
   };
-  const pumped = Promise.all([pump(child.stdout), pump(child.stderr)]).finally(() => writer.close());
+  const pumped = Promise.all([pump(child.stdout), pump(child.stderr)]).finally(async () => {
+    await writing;
+    file.close();
+  });
   const readLog = () => Deno.readTextFile(logPath);
   return {
     child,

@@ -1,0 +1,141 @@
+/**
+ * Durability of the queue across a restart: while ClickHouse is unreachable
+ * behind ch-proxy (nginx answers 502), consumed rows wait in Deno KV, the
+ * Kafka offsets are committed, and after a graceful stop and a restart with
+ * ClickHouse back, the rows land from KV, exactly once.
+ */
+import assert from "node:assert/strict";
+import { startDelayProxy } from "./_delay_proxy.ts";
+import { groupOffsets } from "./_kafka_group.ts";
+import { freeLoopbackPort, scrapeMetric, spawnLiveService } from "./_live_service.ts";
+import {
+  assertExactlyOnce,
+  createWorld,
+  delay,
+  produceRecords,
+  storedCount,
+  waitForRows,
+} from "./_pipeline.ts";
+import type { HttpLogRecord } from "../lib/types.ts";
+import { progress } from "./_progress.ts";
+
+const COUNT = 10_000;
+
+/** Polls `metric` at `addr` until `ok(value)`, reporting progress; returns the last value. */
+async function waitForMetric(
+  addr: string,
+  metric: string,
+  ok: (v: number) => boolean,
+  timeoutMs: number,
+): Promise<number | null> {
+  const deadline = Date.now() + timeoutMs;
+  let value: number | null = null;
+  let reported = Date.now();
+  while (Date.now() < deadline) {
+    value = await scrapeMetric(addr, metric).catch(() => null);
+    if (value !== null && ok(value)) return value;
+    if (Date.now() - reported > 10_000) {
+      reported = Date.now();
+      progress(`  … ${metric} is ${value}`);
+    }
+    await delay(250);
+  }
+  return value;
+}
+
+Deno.test({
+  name:
+    "anonymizer keeps rows queued in KV through a restart while ClickHouse is down, then stores them once",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn(t) {
+    await using link = startDelayProxy();
+    await using world = await createWorld({ proxy: { upstream: link.addr, rate: "120r/m" } });
+    const metricsAddr = () => `127.0.0.1:${freeLoopbackPort()}`;
+    let records: HttpLogRecord[] = [];
+
+    const firstAddr = metricsAddr();
+    const first = await spawnLiveService(world, {
+      name: "first",
+      overrides: { METRICS_LISTEN: firstAddr },
+    });
+    try {
+      await t.step("ClickHouse goes away once the service has learnt its version", async () => {
+        await link.waitFor((e) => e.status === 200 && e.state === "delivered", 30_000);
+        link.mode = "down";
+      });
+
+      await t.step(
+        `${COUNT} produced records are queued in KV while every request fails with 502`,
+        async () => {
+          ({ records } = await produceRecords(world, { count: COUNT, seed: 4242 }));
+          const queued = await waitForMetric(
+            firstAddr,
+            "anonymizer_queue_rows",
+            (v) => v === COUNT,
+            60_000,
+          );
+          assert.equal(queued, COUNT);
+          // The flusher sealed a batch and tried it: its INSERT got a 502 from ch-proxy.
+          const deadline = Date.now() + 30_000;
+          let insert502 = 0;
+          while (insert502 === 0 && Date.now() < deadline) {
+            await delay(250);
+            insert502 = (await world.proxy.readAccessLog()).filter((e) =>
+              /[?&]query=INSERT/.test(e.uri) && e.status === 502
+            ).length;
+          }
+          assert.ok(insert502 > 0, "no INSERT was attempted while ClickHouse was down");
+          assert.equal(await storedCount(world.database), 0);
+          progress(`  ${COUNT} rows queued; ${insert502} INSERT attempts answered 502`);
+        },
+      );
+
+      await t.step("SIGTERM stops it cleanly with every Kafka offset committed", async () => {
+        const status = await first.kill("SIGTERM");
+        assert.equal(status.code, 0, first.log().slice(-3000));
+        assert.match(first.log(), /Stopped cleanly/);
+        const offsets = await groupOffsets(world.topic, world.group);
+        assert.deepEqual(
+          offsets.map((p) => [p.partition, p.committed]),
+          offsets.map((p) => [p.partition, p.end]),
+          "committed offsets differ from end offsets",
+        );
+        assert.equal(offsets.reduce((n, p) => n + p.end, 0), COUNT);
+      });
+    } finally {
+      await first.kill("SIGKILL");
+    }
+
+    await t.step(
+      "ClickHouse is back: the restarted service stores every row exactly once",
+      async () => {
+        link.mode = "up";
+        const addr = metricsAddr();
+        const second = await spawnLiveService(world, {
+          name: "second",
+          overrides: { METRICS_LISTEN: addr },
+        });
+        try {
+          assert.equal(await waitForRows(world.database, COUNT, 120_000), COUNT);
+          await assertExactlyOnce(world.database, records);
+          // Every row came from the KV queue: nothing was consumed from Kafka again.
+          const flushed = await waitForMetric(
+            addr,
+            "anonymizer_records_flushed_total",
+            (v) => v === COUNT,
+            10_000,
+          );
+          assert.equal(flushed, COUNT);
+          assert.equal(await scrapeMetric(addr, "anonymizer_records_consumed_total"), 0);
+          assert.equal(await scrapeMetric(addr, "anonymizer_records_queued_total"), 0);
+          assert.equal(await scrapeMetric(addr, "anonymizer_queue_rows"), 0);
+          const status = await second.kill("SIGTERM");
+          assert.equal(status.code, 0, second.log().slice(-3000));
+        } finally {
+          await second.kill("SIGKILL");
+        }
+      },
+    );
+  },
+});
