@@ -3,6 +3,7 @@
  *
  * @module
  */
+// deno-lint-ignore-file no-console -- a command talks to its user on stdout and stderr
 
 import { AnonymizerError } from "./lib/errors.ts";
 

@@ -1,12 +1,21 @@
 import assert from "node:assert/strict";
-import { classifyFailure, classifyResponse, fromClickHouse, serverCode } from "./_classify_response.ts";
+import {
+  classifyFailure,
+  classifyResponse,
+  fromClickHouse,
+  serverCode,
+} from "./_classify_response.ts";
 
 const nginx = new Headers({ server: "nginx/1.22.1", "content-type": "text/html" });
 const clickhouse = new Headers({ "x-clickhouse-server-display-name": "vm" });
 
 Deno.test("classifyResponse() tells proxy answers from ClickHouse answers", async (t) => {
   await t.step("nginx 503: refused, ClickHouse never saw it", () => {
-    const e = classifyResponse("INSERT of batch 1", { status: 503, headers: nginx, body: "<html>503</html>" });
+    const e = classifyResponse("INSERT of batch 1", {
+      status: 503,
+      headers: nginx,
+      body: "<html>503</html>",
+    });
     assert.equal(e.outcome, "refused");
     assert.equal(e.retriable, true);
     assert.equal(e.code, "proxy_refused");
@@ -24,7 +33,11 @@ Deno.test("classifyResponse() tells proxy answers from ClickHouse answers", asyn
     }
   });
   await t.step("a 503 from ClickHouse itself is not a proxy refusal", () => {
-    const e = classifyResponse("INSERT", { status: 503, headers: clickhouse, body: "Code: 999. boom" });
+    const e = classifyResponse("INSERT", {
+      status: 503,
+      headers: clickhouse,
+      body: "Code: 999. boom",
+    });
     assert.equal(e.outcome, "unknown");
   });
 });
@@ -44,24 +57,40 @@ Deno.test("classifyResponse() sorts ClickHouse errors by whether data was writte
   });
   await t.step("schema, auth and load errors wait: rejected, retriable", () => {
     for (const code of [60, 81, 516, 252]) {
-      const e = classifyResponse("INSERT", { status: 500, headers: clickhouse, body: `Code: ${code}. DB::Exception: x` });
+      const e = classifyResponse("INSERT", {
+        status: 500,
+        headers: clickhouse,
+        body: `Code: ${code}. DB::Exception: x`,
+      });
       assert.equal(e.outcome, "rejected", `code ${code}`);
       assert.equal(e.retriable, true);
     }
   });
   await t.step("other errors may have written: unknown", () => {
-    const e = classifyResponse("INSERT", { status: 500, headers: clickhouse, body: "Code: 241. Memory limit" });
+    const e = classifyResponse("INSERT", {
+      status: 500,
+      headers: clickhouse,
+      body: "Code: 241. Memory limit",
+    });
     assert.equal(e.outcome, "unknown");
     assert.equal(e.serverCode, 241);
   });
 });
 
 Deno.test("classifyFailure() treats a refused connection as not sent and the rest as unknown", () => {
-  const refused = classifyFailure("INSERT", "http://127.0.0.1:8124", new TypeError("fetch failed", {
-    cause: new Error("tcp connect error: Connection refused (os error 111)"),
-  }));
+  const refused = classifyFailure(
+    "INSERT",
+    "http://127.0.0.1:8124",
+    new TypeError("fetch failed", {
+      cause: new Error("tcp connect error: Connection refused (os error 111)"),
+    }),
+  );
   assert.equal(refused.outcome, "refused");
-  const timeout = classifyFailure("INSERT", "http://x", new DOMException("timed out", "TimeoutError"));
+  const timeout = classifyFailure(
+    "INSERT",
+    "http://x",
+    new DOMException("timed out", "TimeoutError"),
+  );
   assert.equal(timeout.outcome, "unknown");
   assert.equal(timeout.code, "timeout");
   const reset = classifyFailure("INSERT", "http://x", new TypeError("connection reset by peer"));

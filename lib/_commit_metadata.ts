@@ -88,7 +88,7 @@ export type Resolution =
  *   committer: "b",
  *   handovers: [[150n, "a"]],
  * });
- * assert.deepEqual(r, { action: "promote", upTo: 150n });
+ * assert.deepEqual(r, { action: "promote", upTo: 150n, resumeAt: 300n });
  * ```
  */
 export function resolvePending(

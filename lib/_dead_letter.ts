@@ -54,7 +54,10 @@ export class DeadLetterProducer {
       sasl: options.sasl,
       logLevel: logLevel.INFO,
       logCreator: kafkaLogCreator,
-    }).producer({ allowAutoTopicCreation: true, createPartitioner: Partitioners.DefaultPartitioner });
+    }).producer({
+      allowAutoTopicCreation: true,
+      createPartitioner: Partitioners.DefaultPartitioner,
+    });
   }
 
   async connect(): Promise<void> {

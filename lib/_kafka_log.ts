@@ -5,25 +5,26 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import { type logCreator, logLevel } from "kafkajs";
+import { type logCreator, type LogEntry, logLevel } from "kafkajs";
 
 const log = getLogger(["anonymizer", "kafkajs"]);
 
 /** A kafkajs `logCreator` writing to logtape. */
-export const kafkaLogCreator: logCreator = () => ({ namespace, level, log: entry }) => {
-  const { message, ...rest } = entry;
-  const props = { ...rest, namespace: namespace || "kafkajs", message };
-  switch (level) {
-    case logLevel.ERROR:
-      log.error("{namespace}: {message}", props);
-      break;
-    case logLevel.WARN:
-      log.warn("{namespace}: {message}", props);
-      break;
-    case logLevel.INFO:
-      log.info("{namespace}: {message}", props);
-      break;
-    default:
-      log.debug("{namespace}: {message}", props);
-  }
-};
+export const kafkaLogCreator: logCreator =
+  (): (entry: LogEntry) => void => ({ namespace, level, log: entry }) => {
+    const { message, ...rest } = entry;
+    const props = { ...rest, namespace: namespace || "kafkajs", message };
+    switch (level) {
+      case logLevel.ERROR:
+        log.error("{namespace}: {message}", props);
+        break;
+      case logLevel.WARN:
+        log.warn("{namespace}: {message}", props);
+        break;
+      case logLevel.INFO:
+        log.info("{namespace}: {message}", props);
+        break;
+      default:
+        log.debug("{namespace}: {message}", props);
+    }
+  };

@@ -167,14 +167,18 @@ export class Histogram extends Base {
 
   /** Records one observation. */
   observe(value: number): void {
-    for (let i = 0; i < this.#buckets.length; i++) if (value <= this.#buckets[i]!) this.#counts[i]!++;
+    for (let i = 0; i < this.#buckets.length; i++) {
+      if (value <= this.#buckets[i]!) this.#counts[i]!++;
+    }
     this.#sum += value;
     this.#count++;
   }
 
   override render(): string {
     let out = this.header();
-    this.#buckets.forEach((b, i) => out += `${this.name}_bucket{le="${formatValue(b)}"} ${this.#counts[i]}\n`);
+    this.#buckets.forEach((b, i) =>
+      out += `${this.name}_bucket{le="${formatValue(b)}"} ${this.#counts[i]}\n`
+    );
     out += `${this.name}_bucket{le="+Inf"} ${this.#count}\n`;
     out += `${this.name}_sum ${formatValue(this.#sum)}\n${this.name}_count ${this.#count}\n`;
     return out;

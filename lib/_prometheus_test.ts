@@ -4,7 +4,12 @@ import { Counter, Gauge, Histogram, Registry } from "./_prometheus.ts";
 Deno.test("Registry.metrics() renders the Prometheus text format", async (t) => {
   const registry = new Registry();
   const c = new Counter({ name: "x_total", help: "a count", registry });
-  const g = new Gauge({ name: "g", help: "a gauge\\with backslash", registry, collect: (gg) => gg.set(7, { p: "0" }) });
+  const g = new Gauge({
+    name: "g",
+    help: "a gauge\\with backslash",
+    registry,
+    collect: (gg) => gg.set(7, { p: "0" }),
+  });
   const h = new Histogram({ name: "h", help: "h", registry, buckets: [1, 5] });
   new Counter({ name: "os_total", help: "kept elsewhere", registry, total: () => 42.5 });
   await t.step("counters add per label set and start at 0", async () => {

@@ -270,7 +270,8 @@ export const SETTINGS: readonly Setting[] = [
     flag: "clickhouse-encoding",
     key: "clickhouseEncoding",
     default: "auto",
-    help: "Body encoding: auto (by server version), native_clickhouse_zstd (any version) or native_zstd (23.3+)",
+    help:
+      "Body encoding: auto (by server version), native_clickhouse_zstd (any version) or native_zstd (23.3+)",
     parse: oneOf("auto", "native_clickhouse_zstd", "native_zstd"),
   },
   {

@@ -4,6 +4,7 @@
  *
  * @module
  */
+// deno-lint-ignore-file no-console -- a command talks to its user on stdout and stderr
 import { parseArgs } from "node:util";
 import { ClickHouseClient } from "./clickhouse_client.ts";
 import { loadConfig } from "./config.ts";
@@ -47,8 +48,12 @@ export async function main(args: string[]): Promise<number> {
         help: { type: "boolean", short: "h" },
       },
     }).values;
-  } catch (err) {
-    console.error(`Cannot run the demo as an option is unknown or lacks a value: current value is ${JSON.stringify(args.join(" "))}`);
+  } catch {
+    console.error(
+      `Cannot run the demo as an option is unknown or lacks a value: current value is ${
+        JSON.stringify(args.join(" "))
+      }`,
+    );
     return 2;
   }
   if (flags.help) {

@@ -235,8 +235,9 @@ export class KafkaSource {
       await this.#withPartition(p.partition, async () => {
         const state = await this.#queue.partition(p.topic, p.partition);
         if (state === null || state.next === state.committed) return;
-        if (this.#status.assigned.includes(p.partition)) await this.#commit(p.partition, state.next);
-        else await this.#reconcile(p.partition, { fence: false });
+        if (this.#status.assigned.includes(p.partition)) {
+          await this.#commit(p.partition, state.next);
+        } else await this.#reconcile(p.partition, { fence: false });
       });
     }
   }
@@ -261,21 +262,34 @@ export class KafkaSource {
     const admin = this.#kafka.admin();
     await admin.connect();
     try {
-      const [committed] = await admin.fetchOffsets({ groupId: this.#opts.groupId, topics: [this.#opts.topic] });
+      const [committed] = await admin.fetchOffsets({
+        groupId: this.#opts.groupId,
+        topics: [this.#opts.topic],
+      });
       const ends = await admin.fetchTopicOffsets(this.#opts.topic);
       // No message at or after the time: start at the end, like "latest".
-      const byTime = (await admin.fetchTopicOffsetsByTimestamp(this.#opts.topic, timestamp)).map((t) =>
-        t.offset === "-1" ? { ...t, offset: ends.find((e) => e.partition === t.partition)?.high ?? "0" } : t
+      const byTime = (await admin.fetchTopicOffsetsByTimestamp(this.#opts.topic, timestamp)).map((
+        t,
+      ) =>
+        t.offset === "-1"
+          ? { ...t, offset: ends.find((e) => e.partition === t.partition)?.high ?? "0" }
+          : t
       );
       const partitions = byTime.filter((t) =>
         (committed?.partitions.find((c) => c.partition === t.partition)?.offset ?? "-1") === "-1"
       );
       if (partitions.length === 0) return;
       try {
-        await admin.setOffsets({ groupId: this.#opts.groupId, topic: this.#opts.topic, partitions });
+        await admin.setOffsets({
+          groupId: this.#opts.groupId,
+          topic: this.#opts.topic,
+          partitions,
+        });
       } catch (err) {
         // A running member of the group already owns these partitions and their positions.
-        log.warn("Cannot set start offsets by time as the group is active: {error}", { error: String(err) });
+        log.warn("Cannot set start offsets by time as the group is active: {error}", {
+          error: String(err),
+        });
         return;
       }
       log.info("Partitions {partitions} had no committed offset; starting at time {time}", {

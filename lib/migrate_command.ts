@@ -4,6 +4,7 @@
  *
  * @module
  */
+// deno-lint-ignore-file no-console -- a command talks to its user on stdout and stderr
 import { dirname } from "node:path";
 import { ClickHouseClient } from "./clickhouse_client.ts";
 import { settingsHelp } from "./config.ts";

@@ -3,6 +3,7 @@
  *
  * @module
  */
+// deno-lint-ignore-file no-console -- a command talks to its user on stdout and stderr
 import { type Config, loadConfig, settingsHelp } from "./config.ts";
 import { ConfigError } from "./errors.ts";
 import { configureLogging } from "./logging.ts";

@@ -78,8 +78,6 @@ export async function startService(config: Config, options: ServiceOptions = {})
     clientId: config.kafkaClientId,
     ...kafkaAuth,
   });
-  let source: KafkaSource | undefined;
-  let metrics: Metrics | undefined;
   const pack: Packer = options.pack ?? ((rows, batchId, serverVersion) =>
     packBatch(rows, {
       batchId,
@@ -97,16 +95,17 @@ export async function startService(config: Config, options: ServiceOptions = {})
     marginMs: config.clickhouseMarginMs,
     dedup: config.clickhouseDedup,
     onEvent: (e) => {
-      metrics?.onFlush(e);
+      metrics.onFlush(e);
       options.onFlush?.(e);
     },
-    onLanded: (l) => metrics?.onLanded(l),
+    onLanded: (l) => metrics.onLanded(l),
     onPoisonRow: async (row, error) => {
       await deadLetters.sendRow(row, error);
-      metrics?.onPoisonRows(1);
+      metrics.onPoisonRows(1);
     },
   });
-  source = new KafkaSource(config.kafkaBrokers, queue, {
+  // The callbacks below run only after start, once `metrics` exists.
+  const s = new KafkaSource(config.kafkaBrokers, queue, {
     toRow: (value) => messageToRow(value),
     topic: config.kafkaTopic,
     groupId: config.kafkaGroupId,
@@ -114,11 +113,10 @@ export async function startService(config: Config, options: ServiceOptions = {})
     offsetReset: config.kafkaOffsetReset,
     deadLetters,
     ...kafkaAuth,
-    onBatch: (e) => metrics?.onBatch(e),
+    onBatch: (e) => metrics.onBatch(e),
     onOwned: () => flusher.wake(),
   });
-  const s = source;
-  metrics = createMetrics({
+  const metrics = createMetrics({
     queue,
     nextRequestSeconds: () => (flusher.status().nextSlotAt - Date.now()) / 1000,
     lag: () => s.status().lag,

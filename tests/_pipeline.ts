@@ -61,7 +61,11 @@ export interface WorldOptions {
 /** Spacing nginx enforces for a `limit_req` rate such as `"120r/m"`: 1000 / floor(rate·1000/period) s. */
 export function spacingFor(rate: string): number {
   const m = /^(\d+)r\/([sm])$/.exec(rate);
-  if (m === null) throw new Error(`Cannot derive spacing as the rate is not Nr/s or Nr/m: current value is "${rate}"`);
+  if (m === null) {
+    throw new Error(
+      `Cannot derive spacing as the rate is not Nr/s or Nr/m: current value is "${rate}"`,
+    );
+  }
   const perMs = Math.floor((Number(m[1]) * 1000) / (m[2] === "m" ? 60 : 1));
   return 1_000_000 / perMs;
 }
@@ -130,7 +134,11 @@ export async function produceRecords(
     topic: world.topic,
   });
   assert.equal(summary.sent, options.count);
-  const records = syntheticRecords({ seed: options.seed, now, distinctResourceIds: options.distinctResourceIds ?? true })
+  const records = syntheticRecords({
+    seed: options.seed,
+    now,
+    distinctResourceIds: options.distinctResourceIds ?? true,
+  })
     .take(options.count).toArray();
   return { records, summary };
 }
@@ -155,7 +163,16 @@ export async function spawnService(
   const logPath = `${world.dir}/${options.name ?? "service"}.log`;
   const file = await Deno.open(logPath, { create: true, append: true, write: true });
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys", "main.ts", "run"],
+    args: [
+      "run",
+      "--allow-net",
+      "--allow-read",
+      "--allow-write",
+      "--allow-env",
+      "--allow-sys",
+      "main.ts",
+      "run",
+    ],
     cwd: ROOT,
     env: { ...world.env, ...options.overrides, NO_COLOR: "1" },
     clearEnv: false,
@@ -188,7 +205,11 @@ export async function spawnService(
         if (m) return m[0];
         await delay(100);
       }
-      throw new Error(`Cannot find ${pattern} in ${logPath} within ${timeoutMs} ms:\n${(await readLog()).slice(-3000)}`);
+      throw new Error(
+        `Cannot find ${pattern} in ${logPath} within ${timeoutMs} ms:\n${
+          (await readLog()).slice(-3000)
+        }`,
+      );
     },
     async kill(signal: Deno.Signal = "SIGKILL") {
       try {
@@ -214,7 +235,11 @@ export async function storedCount(database: string): Promise<number> {
 }
 
 /** Polls until `http_log` holds at least `expected` rows, reporting progress. */
-export async function waitForRows(database: string, expected: number, timeoutMs = 300_000): Promise<number> {
+export async function waitForRows(
+  database: string,
+  expected: number,
+  timeoutMs = 300_000,
+): Promise<number> {
   const deadline = Date.now() + timeoutMs;
   let n = 0;
   let reported = 0;
@@ -223,6 +248,7 @@ export async function waitForRows(database: string, expected: number, timeoutMs 
     if (n >= expected) return n;
     if (Date.now() - reported > 15_000) {
       reported = Date.now();
+      // deno-lint-ignore no-console -- progress of a long wait, for whoever watches the test
       console.error(`  … ${n} of ${expected} rows stored in ${database}`);
     }
     await delay(500);
@@ -239,10 +265,16 @@ export async function assertExactlyOnce(database: string, records: HttpLogRecord
     `SELECT resource_id, count() AS c FROM ${database}.http_log GROUP BY resource_id HAVING c > 1 LIMIT 5`,
   );
   assert.equal(dup.trim(), "", `duplicated resource ids (id, count):\n${dup}`);
-  const stored = (await clickhouseQuery(`SELECT resource_id FROM ${database}.http_log ORDER BY resource_id`))
-    .trim().split("\n").filter((l) => l !== "");
-  const expected = records.map((r) => r.resourceId).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)).map(String);
-  assert.equal(stored.length, expected.length, `stored ${stored.length} rows, produced ${expected.length}`);
+  const stored =
+    (await clickhouseQuery(`SELECT resource_id FROM ${database}.http_log ORDER BY resource_id`))
+      .trim().split("\n").filter((l) => l !== "");
+  const expected = records.map((r) => r.resourceId).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(String);
+  assert.equal(
+    stored.length,
+    expected.length,
+    `stored ${stored.length} rows, produced ${expected.length}`,
+  );
   const missing = expected.filter((id, i) => stored[i] !== id);
   assert.deepEqual(missing.slice(0, 5), [], "stored ids differ from produced ids");
   const unmasked = await clickhouseQuery(
@@ -250,6 +282,7 @@ export async function assertExactlyOnce(database: string, records: HttpLogRecord
   );
   assert.equal(unmasked.trim(), "0", "rows with an unmasked remote_addr");
   const raw = new Set(records.map((r) => r.remoteAddr));
-  const addrs = (await clickhouseQuery(`SELECT DISTINCT remote_addr FROM ${database}.http_log`)).trim().split("\n");
+  const addrs = (await clickhouseQuery(`SELECT DISTINCT remote_addr FROM ${database}.http_log`))
+    .trim().split("\n");
   assert.equal(addrs.filter((a) => raw.has(a)).length, 0, "a raw address was stored");
 }

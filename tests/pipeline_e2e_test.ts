@@ -3,7 +3,13 @@
  */
 import assert from "node:assert/strict";
 import { startService } from "../lib/service.ts";
-import { assertExactlyOnce, createWorld, produceRecords, waitForRows, worldConfig } from "./_pipeline.ts";
+import {
+  assertExactlyOnce,
+  createWorld,
+  produceRecords,
+  waitForRows,
+  worldConfig,
+} from "./_pipeline.ts";
 
 Deno.test({
   name: "startService() stores 20,000 produced records exactly once with masked addresses",

@@ -17,7 +17,9 @@ Deno.test("README documents every setting with its flag and default", async (t) 
     assert.deepEqual([...rows.keys()].sort(), SETTINGS.map((s) => s.env).sort());
   });
   await t.step("flags, defaults and descriptions match lib/config.ts", () => {
-    for (const s of SETTINGS) assert.deepEqual(rows.get(s.env), [`--${s.flag}`, s.default, s.help], s.env);
+    for (const s of SETTINGS) {
+      assert.deepEqual(rows.get(s.env), [`--${s.flag}`, s.default, s.help], s.env);
+    }
   });
 });
 
@@ -26,5 +28,8 @@ Deno.test("README names only tasks that deno.json defines", () => {
   const tableTasks = [...readme.matchAll(/`(bench:[a-z]+)`/g)].map((m) => m[1]!);
   const missing = [...new Set([...named, ...tableTasks])].filter((t) => !(t in denoJson.tasks));
   assert.deepEqual(missing, []);
-  assert.ok(named.includes("demo") && named.includes("test"), "the two setup commands are documented");
+  assert.ok(
+    named.includes("demo") && named.includes("test"),
+    "the two setup commands are documented",
+  );
 });
