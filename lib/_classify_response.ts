@@ -33,6 +33,13 @@ const POISON_CODES = new Set([
 ]);
 
 /**
+ * ClickHouse 18.16 reports a value that is not an element of an Enum column as
+ * LOGICAL_ERROR (49), a code it otherwise uses for its own bugs; later releases
+ * use BAD_ARGUMENTS (36). Only this message makes a 49 poison.
+ */
+const UNKNOWN_ENUM_ELEMENT = /DB::Exception: Unknown element '.*' for type Enum(8|16)\(/s;
+
+/**
  * ClickHouse error codes raised before any write that a later retry may pass
  * once load drops or an operator fixes configuration or schema.
  */
@@ -101,7 +108,10 @@ export function classifyResponse(
     });
   }
   const code = serverCode(body);
-  if (code !== undefined && POISON_CODES.has(code)) {
+  if (
+    code !== undefined &&
+    (POISON_CODES.has(code) || (code === 49 && UNKNOWN_ENUM_ELEMENT.test(body)))
+  ) {
     return new ClickHouseError(`Cannot send ${what} as ClickHouse rejected the data: ${brief}`, {
       code: "server_rejected",
       outcome: "rejected",

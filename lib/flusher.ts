@@ -59,6 +59,16 @@ export interface Landing {
   via: "insert" | "check";
 }
 
+/** Where a poison row came from in Kafka. */
+export interface PoisonSource {
+  /** Topic. */
+  topic: string;
+  /** Partition. */
+  partition: number;
+  /** Offset. */
+  offset: bigint;
+}
+
 /** Live state for progress displays and metrics. */
 export interface FlusherStatus {
   /** Earliest time (ms) of the next request. */
@@ -106,7 +116,7 @@ export interface FlusherOptions {
   /** Called when a batch is confirmed stored, by its INSERT or by a check. Default: none. */
   onLanded?: (landing: Landing) => void;
   /** Called when a single row is rejected as poison and must be dead-lettered. Default: none (kept and retried). */
-  onPoisonRow?: (row: HttpLogRow, error: ClickHouseError) => Promise<void>;
+  onPoisonRow?: (row: HttpLogRow, error: ClickHouseError, source: PoisonSource) => Promise<void>;
   /** Clock. Default: `Date.now`. */
   now?: () => number;
 }
@@ -385,8 +395,8 @@ export class Flusher {
       await this.#queue.markState(batch.id, "sealed", err.message);
       return;
     }
-    const [row] = await this.#queue.batchRows(batch);
-    await this.#onPoisonRow(row!, err);
+    const { rows, offsets, partitions } = await this.#queue.batchEntries(batch);
+    await this.#onPoisonRow(rows[0]!, err, { topic: batch.topic, partition: partitions[0]!, offset: offsets[0]! });
     await this.#queue.discard(batch.id);
     log.error("Dead-lettered one row ClickHouse rejected from batch {batchId}: {error}", {
       batchId: String(batch.id),

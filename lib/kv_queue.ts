@@ -62,9 +62,12 @@ export interface PartitionState {
 
 interface Chunk {
   topic: string;
+  /** Source partition of every row, unless `partitions` is set. */
   partition: number;
   day: number;
   offsets: BigInt64Array;
+  /** Source partition per row, for rows returned from a batch (they mix partitions). */
+  partitions?: Int32Array | undefined;
   rows: Uint8Array;
   enqueuedAt: number;
   isolated?: string | undefined;
@@ -99,8 +102,10 @@ export interface BatchMeta {
   bytes: number;
   /** Number of KV parts holding the body. */
   parts: number;
-  /** Number of KV parts holding the rows (RowBinary), to re-split the batch. */
+  /** Number of KV parts holding the rows and their sources, to re-split the batch. */
   rowParts: number;
+  /** Kafka topic the rows came from. */
+  topic: string;
   /** Set when the batch holds one group of a bisected poison batch. */
   isolated: string | false;
   /** Encoding name. */
@@ -468,8 +473,17 @@ export class KvQueue implements AsyncDisposable {
       );
     }
     const rows = offered.slice(0, packed.rowCount);
+    const offsets = new BigInt64Array(rows.length);
+    const partitions = new Int32Array(rows.length);
+    for (let i = 0, n = 0; n < rows.length; i++) {
+      const c = taken[i]!.value;
+      for (let j = 0; j < c.offsets.length && n < rows.length; j++, n++) {
+        offsets[n] = c.offsets[j]!;
+        partitions[n] = c.partitions?.[j] ?? c.partition;
+      }
+    }
     const parts = splitBytes(packed.body);
-    const rowParts = splitBytes(encodeRows(rows));
+    const rowParts = splitRows(rows, offsets, partitions);
     await this.#writeParts([
       ...parts.map((v, i) => [batchPartKey(id, i), v] as const),
       ...rowParts.map((v, i) => [batchRowsKey(id, i), v] as const),
@@ -489,6 +503,7 @@ export class KvQueue implements AsyncDisposable {
         const rest: Chunk = {
           ...c.value,
           offsets: c.value.offsets.slice(used),
+          partitions: c.value.partitions?.slice(used),
           rows: encodeRows(chunkRows.slice(used)),
         };
         const key = c.key[1] === "returned"
@@ -510,6 +525,7 @@ export class KvQueue implements AsyncDisposable {
       bytes: packed.body.byteLength,
       parts: parts.length,
       rowParts: rowParts.length,
+      topic: taken[0]!.value.topic,
       encoding: packed.encoding,
       query: packed.query,
       headers: packed.headers,
@@ -593,7 +609,7 @@ export class KvQueue implements AsyncDisposable {
     const entry = await this.#kv.get<BatchMeta>(batchKey());
     if (entry.value === null || entry.value.id !== id) return;
     const meta = entry.value;
-    const rows = await this.batchRows(meta);
+    const { rows, offsets, partitions } = await this.batchEntries(meta);
     // Rows an interrupted unseal of this batch returned already would go twice.
     await this.#deleteKeys(await this.#returnedFrom(id), `remove rows returned from batch ${id}`);
     const groups = Math.max(1, Math.min(options.groups ?? 1, rows.length));
@@ -608,14 +624,15 @@ export class KvQueue implements AsyncDisposable {
     }
     const chunks: Array<readonly [Deno.KvKey, Chunk]> = [];
     for (let g = 0; g < groups; g++) {
-      const groupRows = rows.slice(g * size, (g + 1) * size);
-      for (const part of splitRows(groupRows)) {
+      const from = g * size;
+      const to = Math.min(rows.length, from + size);
+      const groupParts = splitRows(rows.slice(from, to), offsets.slice(from, to), partitions.slice(from, to));
+      for (const part of groupParts) {
         chunks.push([returnedKey(seqBase + BigInt(chunks.length)), {
-          topic: "",
+          ...part,
+          topic: meta.topic,
           partition: -1,
           day: Math.floor(meta.minTimestamp / DAY_SECONDS),
-          offsets: new BigInt64Array(part.length),
-          rows: encodeRows(part),
           enqueuedAt: meta.oldestEnqueuedAt,
           isolated: options.isolate === true ? `${id}:${g}` : undefined,
           from: id,
@@ -732,7 +749,37 @@ export class KvQueue implements AsyncDisposable {
 
   /** The rows of batch `meta`, in body order. */
   async batchRows(meta: BatchMeta): Promise<HttpLogRow[]> {
-    return decodeRows(await this.#readParts(meta.rowParts, (i) => batchRowsKey(meta.id, i)));
+    return (await this.batchEntries(meta)).rows;
+  }
+
+  /** The rows of batch `meta` with the Kafka partition and offset each came from. */
+  async batchEntries(
+    meta: BatchMeta,
+  ): Promise<{ rows: HttpLogRow[]; offsets: BigInt64Array; partitions: Int32Array }> {
+    const parts: RowPart[] = [];
+    for (let i = 0; i < meta.rowParts; i += 10) {
+      const keys = [];
+      for (let j = i; j < Math.min(meta.rowParts, i + 10); j++) keys.push(batchRowsKey(meta.id, j));
+      for (const e of await this.#kv.getMany<RowPart[]>(keys)) {
+        if (e.value === null) {
+          throw new QueueError(`Cannot read the rows of batch ${meta.id} as part ${String(e.key[3])} is missing`, {
+            code: "batch_corrupt",
+            retriable: false,
+          });
+        }
+        parts.push(e.value);
+      }
+    }
+    const rows = parts.flatMap((p) => decodeRows(p.rows));
+    const offsets = new BigInt64Array(rows.length);
+    const partitions = new Int32Array(rows.length);
+    let n = 0;
+    for (const p of parts) {
+      offsets.set(p.offsets, n);
+      partitions.set(p.partitions, n);
+      n += p.offsets.length;
+    }
+    return { rows, offsets, partitions };
   }
 
   /**
@@ -856,22 +903,34 @@ function splitBytes(bytes: Uint8Array): Uint8Array[] {
   return parts;
 }
 
-function splitRows(rows: HttpLogRow[]): HttpLogRow[][] {
-  const out: HttpLogRow[][] = [];
-  let current: HttpLogRow[] = [];
+/** Rows with their sources, as stored in one KV value. */
+interface RowPart {
+  rows: Uint8Array;
+  offsets: BigInt64Array;
+  partitions: Int32Array;
+}
+
+/** Splits rows and their sources into parts that each fit one KV value. */
+function splitRows(rows: HttpLogRow[], offsets: BigInt64Array, partitions: Int32Array): RowPart[] {
+  const out: RowPart[] = [];
+  let start = 0;
   let size = 0;
-  for (const r of rows) {
-    // A returned chunk also stores an 8-byte offset per row.
-    const n = encodedRowLength(r) + 8;
-    if (current.length > 0 && size + n > MAX_VALUE_BYTES) {
-      out.push(current);
-      current = [];
-      size = 0;
-    }
-    current.push(r);
+  const cut = (end: number) => {
+    out.push({
+      rows: encodeRows(rows.slice(start, end)),
+      offsets: offsets.slice(start, end),
+      partitions: partitions.slice(start, end),
+    });
+    start = end;
+    size = 0;
+  };
+  for (let i = 0; i < rows.length; i++) {
+    // Besides the row, 8 bytes of offset and 4 of partition.
+    const n = encodedRowLength(rows[i]!) + 12;
+    if (i > start && size + n > MAX_VALUE_BYTES) cut(i);
     size += n;
   }
-  if (current.length > 0) out.push(current);
+  if (start < rows.length || out.length === 0) cut(rows.length);
   return out;
 }
 

@@ -99,8 +99,8 @@ export async function startService(config: Config, options: ServiceOptions = {})
       options.onFlush?.(e);
     },
     onLanded: (l) => metrics.onLanded(l),
-    onPoisonRow: async (row, error) => {
-      await deadLetters.sendRow(row, error);
+    onPoisonRow: async (row, error, source) => {
+      await deadLetters.sendRow(row, error, source);
       metrics.onPoisonRows(1);
     },
   });
