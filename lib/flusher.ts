@@ -312,6 +312,8 @@ export class Flusher {
     const prior = batch.state;
     const body = await this.#queue.body(batch);
     const { query: sql, ...params } = batch.query;
+    // Lets a later check see whether ClickHouse is still running this INSERT.
+    params.query_id = `anonymizer-batch-${batch.id}-${batch.attempts + 1}`;
     if (this.#strategy() === "token") {
       params.insert_deduplication_token = String(batch.id);
       params.deduplicate_blocks_in_dependent_materialized_views = "1";
@@ -406,16 +408,26 @@ export class Flusher {
 
   async #check(batch: BatchMeta): Promise<void> {
     const db = this.#opts.database;
+    // One request answers both: rows stored, and INSERTs of this batch still running
+    // (a check that raced a slow INSERT would otherwise see 0 and resend).
     const sql =
-      `SELECT count() FROM ${db}.http_log WHERE timestamp >= toDateTime(${batch.minTimestamp}) ` +
-      `AND timestamp <= toDateTime(${batch.maxTimestamp}) AND batch_id = ${batch.id}`;
+      `SELECT (SELECT count() FROM ${db}.http_log WHERE timestamp >= toDateTime(${batch.minTimestamp}) ` +
+      `AND timestamp <= toDateTime(${batch.maxTimestamp}) AND batch_id = ${batch.id}), ` +
+      `(SELECT count() FROM system.processes WHERE startsWith(query_id, 'anonymizer-batch-${batch.id}-')) ` +
+      `FORMAT TabSeparated`;
     const text = await this.#paced(
       "check",
       batch,
       (signal) => this.#client.query(sql, { signal, what: `check of batch ${batch.id}` }),
     );
     if (text === null) return;
-    const stored = Number(text.trim());
+    const [stored, running] = text.trim().split("\t").map(Number) as [number, number];
+    if (running > 0) {
+      log.warn("Batch {batchId}: its INSERT is still running in ClickHouse; checking again next slot", {
+        batchId: String(batch.id),
+      });
+      return;
+    }
     if (stored === batch.rows) {
       log.info("Batch {batchId} was stored before its outcome was lost; not resending", {
         batchId: String(batch.id),

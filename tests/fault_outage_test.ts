@@ -1,0 +1,428 @@
+/**
+ * Fault: ClickHouse is down for minutes while Kafka keeps receiving records.
+ * The service must keep consuming (queueing in KV), stay within its memory,
+ * and store everything exactly once when ClickHouse is back.
+ *
+ * ClickHouse here is a private server (tests/_clickhouse_server.ts), so that
+ * stopping it leaves the shared stack alone; {@linkcode createOutageWorld} is
+ * createWorld() with the database migrated into that server and the private
+ * ch-proxy forwarding to it. assertExactlyOnce() reads the shared ClickHouse,
+ * so the stored rows are copied there into a scratch database for it.
+ */
+import assert from "node:assert/strict";
+import { Kafka, logLevel } from "kafkajs";
+import { ClickHouseClient } from "../lib/clickhouse_client.ts";
+import { openQueue } from "../lib/kv_queue.ts";
+import { createMetrics } from "../lib/metrics.ts";
+import { migrate } from "../lib/migrate.ts";
+import { produce, type ProduceSummary } from "../lib/produce.ts";
+import { syntheticRecords } from "../lib/synthetic_records.ts";
+import type { HttpLogRecord } from "../lib/types.ts";
+import { type ClickHouseServer, startClickHouseServer } from "./_clickhouse_server.ts";
+import { assertExactlyOnce, delay, spacingFor, spawnService, type World } from "./_pipeline.ts";
+import {
+  CLICKHOUSE_URL,
+  clickhouseQuery,
+  createTopic,
+  KAFKA_BROKERS,
+  startProxy,
+  uniqueName,
+} from "./_stack.ts";
+import { assertTotalsMatch } from "./_totals.ts";
+
+/** How long ClickHouse stays down once it has exited, ms. */
+const OUTAGE_MS = 200_000;
+/** Production rate, records per second. */
+const RATE = 50;
+const SAMPLE_EVERY_MS = 10_000;
+const RSS_LIMIT = 300 * 1024 * 1024;
+/** Most records the consumer group may be behind Kafka's end offsets (20 s of production). */
+const LAG_LIMIT = 20 * RATE;
+const MB = 1024 * 1024;
+
+function progress(message: string): void {
+  Deno.stderr.writeSync(new TextEncoder().encode(`  … ${message}\n`));
+}
+
+/** One look at the service from outside. */
+interface Sample {
+  /** Seconds since the outage began. */
+  t: number;
+  /** Records Kafka acknowledged to the producer. */
+  sent: number;
+  /** Σ(end offset − committed offset) over partitions. */
+  lag: number;
+  /** `anonymizer_queue_rows`. */
+  queued: number;
+  /** `anonymizer_queue_landed_rows`. */
+  landed: number;
+  /** `anonymizer_process_resident_memory_bytes`. */
+  rss: number;
+}
+
+/** Reads one unlabeled gauge from Prometheus text. */
+function gauge(text: string, name: string): number {
+  const m = new RegExp(`^${name} (\\S+)$`, "m").exec(text);
+  assert.ok(m !== null, `metric ${name} missing from /metrics`);
+  return Number(m[1]);
+}
+
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  listener.close();
+  return listener.addr.port;
+}
+
+/** createWorld() of tests/_pipeline.ts, with the database on `server` and the proxy in front of it. */
+async function createOutageWorld(server: ClickHouseServer, rate: string): Promise<World> {
+  const topic = await createTopic(uniqueName("outage"), 3);
+  const dlqTopic = await createTopic(`${topic}_dlq`, 1);
+  const database = uniqueName("outage");
+  await migrate(new ClickHouseClient(server.url), { database });
+  const proxy = await startProxy({ rate, upstream: server.httpHostPort });
+  const spacingMs = spacingFor(rate);
+  const dir = await Deno.makeTempDir({ prefix: "anonymizer-outage-" });
+  const env: Record<string, string> = {
+    KAFKA_BROKERS,
+    KAFKA_TOPIC: topic,
+    KAFKA_DLQ_TOPIC: dlqTopic,
+    KAFKA_GROUP_ID: `${topic}_group`,
+    CLICKHOUSE_URL: proxy.url,
+    CLICKHOUSE_DATABASE: database,
+    CLICKHOUSE_SPACING_MS: String(spacingMs),
+    CLICKHOUSE_MARGIN_MS: "100",
+    KV_PATH: `${dir}/a/queue.kv`,
+    METRICS_LISTEN: "",
+    LOG_LEVEL: "info",
+  };
+  const world: World = {
+    topic,
+    dlqTopic,
+    group: env.KAFKA_GROUP_ID!,
+    database,
+    proxy,
+    spacingMs,
+    dir,
+    env,
+    async close() {
+      await proxy.close();
+      if (server.running) await server.query(`DROP DATABASE IF EXISTS ${database}`);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    },
+    [Symbol.asyncDispose]() {
+      return world.close();
+    },
+  };
+  return world;
+}
+
+/** Rows of `http_log` in `database` on `server`. */
+async function storedOn(server: ClickHouseServer, database: string): Promise<number> {
+  return Number((await server.query(`SELECT count() FROM ${database}.http_log`)).trim());
+}
+
+/** waitForRows() of tests/_pipeline.ts, on `server`. */
+async function waitForRowsOn(
+  server: ClickHouseServer,
+  database: string,
+  expected: number,
+  timeoutMs: number,
+): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  let n = 0;
+  let reported = 0;
+  while (Date.now() < deadline) {
+    n = await storedOn(server, database);
+    if (n >= expected) return n;
+    if (Date.now() - reported > 15_000) {
+      reported = Date.now();
+      progress(`${n} of ${expected} rows stored in ${database}`);
+    }
+    await delay(500);
+  }
+  return n;
+}
+
+/**
+ * Copies `http_log` of `database` on `server` into a scratch database on the
+ * shared ClickHouse, runs assertExactlyOnce() there, and drops the copy.
+ */
+async function assertExactlyOnceOn(
+  server: ClickHouseServer,
+  database: string,
+  records: HttpLogRecord[],
+): Promise<void> {
+  const copy = uniqueName("outage_copy");
+  await migrate(new ClickHouseClient(CLICKHOUSE_URL), { database: copy });
+  try {
+    const rows = await server.query(`SELECT * FROM ${database}.http_log FORMAT TabSeparated`);
+    await clickhouseQuery(`INSERT INTO ${copy}.http_log FORMAT TabSeparated`, { body: rows });
+    const [here, there] = await Promise.all([
+      storedOn(server, database),
+      clickhouseQuery(`SELECT count() FROM ${copy}.http_log`).then((t) => Number(t.trim())),
+    ]);
+    assert.equal(there, here, "the copy holds every stored row");
+    await assertExactlyOnce(copy, records);
+  } finally {
+    await clickhouseQuery(`DROP DATABASE IF EXISTS ${copy}`);
+  }
+}
+
+Deno.test({
+  name:
+    "anonymizer keeps consuming through a 3-minute ClickHouse outage and then stores every record once",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn(t) {
+    await using server = await startClickHouseServer();
+    await using world = await createOutageWorld(server, "120r/m");
+    const version = (await server.query("SELECT version()")).trim();
+    assert.match(version, /^18\.16\./);
+    assert.equal(
+      (await server.query(`EXISTS TABLE ${world.database}.http_log`)).trim(),
+      "1",
+      "the world was migrated into the private server",
+    );
+    const metricsUrl = `http://127.0.0.1:${freePort()}/metrics`;
+    const service = await spawnService(world, {
+      overrides: { METRICS_LISTEN: new URL(metricsUrl).host },
+    });
+    let serviceExited = false;
+    service.child.status.then(() => serviceExited = true);
+    const admin = new Kafka({
+      clientId: "anonymizer-tests",
+      brokers: KAFKA_BROKERS.split(","),
+      logLevel: logLevel.NOTHING,
+    }).admin();
+    await admin.connect();
+    const producing = new AbortController();
+    let sent = 0;
+    let produced: Promise<ProduceSummary> | undefined;
+    const seed = 9_401;
+    const now = Date.now();
+    const samples: Sample[] = [];
+    let outageStart = 0;
+
+    const lag = async (): Promise<number> => {
+      const ends = await admin.fetchTopicOffsets(world.topic);
+      const [committed] = await admin.fetchOffsets({ groupId: world.group, topics: [world.topic] });
+      let total = 0;
+      for (const end of ends) {
+        const c = Number(
+          committed?.partitions.find((p) => p.partition === end.partition)?.offset ?? -1,
+        );
+        total += Number(end.high) - Math.max(0, c);
+      }
+      return total;
+    };
+    const sample = async (): Promise<Sample> => {
+      const res = await fetch(metricsUrl, { signal: AbortSignal.timeout(10_000) });
+      const text = await res.text();
+      assert.equal(res.status, 200);
+      const s = {
+        t: Math.round((Date.now() - outageStart) / 1000),
+        sent,
+        lag: await lag(),
+        queued: gauge(text, "anonymizer_queue_rows"),
+        landed: gauge(text, "anonymizer_queue_landed_rows"),
+        rss: gauge(text, "anonymizer_process_resident_memory_bytes"),
+      };
+      progress(
+        `t=${s.t}s sent ${s.sent}, lag ${s.lag}, queued ${s.queued}, landed ${s.landed}, ` +
+          `rss ${(s.rss / MB).toFixed(1)} MB`,
+      );
+      return s;
+    };
+
+    try {
+      const ok = (passed: boolean) => {
+        if (!passed) throw new Error("Cannot go on as an earlier phase failed");
+      };
+      ok(
+        await t.step("the service stores records produced at 50/s", async () => {
+          // Ready means joined to the consumer group: the moment records may be produced.
+          const readyUrl = metricsUrl.replace(/\/metrics$/, "/readyz");
+          const deadline = Date.now() + 60_000;
+          for (;;) {
+            const ready = await fetch(readyUrl).then((r) => r.text().then(() => r.ok), () => false);
+            if (ready) break;
+            assert.equal(serviceExited, false, "the service exited at start");
+            assert.ok(
+              Date.now() < deadline,
+              "the service did not join the consumer group within 60 s",
+            );
+            await delay(250);
+          }
+          produced = produce(KAFKA_BROKERS.split(","), {
+            topic: world.topic,
+            rate: RATE,
+            count: Infinity,
+            seed,
+            now,
+            distinctResourceIds: true,
+            signal: producing.signal,
+            onProgress: (p) => {
+              sent = p.sent;
+            },
+          });
+          // Awaited after the outage; a failure before then must not go unhandled.
+          produced.catch(() => {});
+          const stored = await waitForRowsOn(server, world.database, 500, 120_000);
+          assert.ok(stored >= 500, `only ${stored} rows stored before the outage`);
+          outageStart = Date.now();
+          samples.push(await sample());
+        }),
+      );
+
+      ok(
+        await t.step(
+          `ClickHouse stops for ${OUTAGE_MS / 1000} s; the service keeps consuming`,
+          async () => {
+            await server.stop();
+            assert.equal(server.running, false);
+            const stoppedAt = Date.now();
+            progress(
+              `ClickHouse exited ${((stoppedAt - outageStart) / 1000).toFixed(1)} s after SIGTERM`,
+            );
+            await assert.rejects(server.query("SELECT 1"), "ClickHouse still answers");
+            const first = await sample();
+            samples.push(first);
+            while (Date.now() - stoppedAt < OUTAGE_MS) {
+              await delay(Math.min(SAMPLE_EVERY_MS, OUTAGE_MS - (Date.now() - stoppedAt)));
+              samples.push(await sample());
+            }
+            const during = samples.slice(samples.indexOf(first));
+            const last = during.at(-1)!;
+            assert.ok(
+              last.sent - first.sent >= (RATE * OUTAGE_MS) / 1000 / 2,
+              "the producer kept producing",
+            );
+            for (const s of during) {
+              assert.ok(
+                s.lag <= LAG_LIMIT,
+                `consumer lag ${s.lag} at t=${s.t}s exceeds ${LAG_LIMIT}`,
+              );
+              assert.equal(
+                s.landed,
+                first.landed,
+                `rows landed at t=${s.t}s while ClickHouse was down`,
+              );
+              assert.ok(s.rss < RSS_LIMIT, `RSS ${(s.rss / MB).toFixed(1)} MB at t=${s.t}s`);
+            }
+            // Everything consumed during the outage waits in KV: the queue grows with production.
+            const producedDuring = last.sent - first.sent;
+            assert.ok(
+              last.queued - first.queued >= producedDuring - LAG_LIMIT,
+              `queue grew by ${
+                last.queued - first.queued
+              } while ${producedDuring} records were produced`,
+            );
+            assert.equal(serviceExited, false, "the service exited during the outage");
+          },
+        ),
+      );
+
+      ok(
+        await t.step("ClickHouse starts again and every record lands exactly once", async () => {
+          await server.start();
+          progress(`ClickHouse back; producing 20 s more`);
+          await delay(20_000);
+          producing.abort();
+          const summary = await produced!;
+          assert.equal(summary.aborted, true);
+          const total = summary.sent;
+          progress(`${total} records produced in all`);
+          assert.equal(await waitForRowsOn(server, world.database, total, 300_000), total);
+          const records = syntheticRecords({ seed, now, distinctResourceIds: true }).take(total)
+            .toArray();
+          await assertExactlyOnceOn(server, world.database, records);
+          // The KV bookkeeping of the last batch follows its INSERT by a moment.
+          let end = await sample();
+          for (const deadline = Date.now() + 30_000; end.queued > 0 && Date.now() < deadline;) {
+            await delay(1_000);
+            end = await sample();
+          }
+          samples.push(end);
+          assert.equal(end.queued, 0, "rows left in the queue");
+          assert.equal(end.landed, total);
+          assert.equal(await storedOn(server, world.database), total);
+          const log = await world.proxy.readAccessLog();
+          const outage = log.filter((e) => e.status === 502);
+          assert.ok(outage.length > 0, "nginx never answered 502: the outage was not seen");
+          const requests = (await (await fetch(metricsUrl)).text()).split("\n")
+            .filter((l) => l.startsWith("anonymizer_clickhouse_requests_total{"));
+          progress(`nginx: ${log.length} requests, ${outage.length} answered 502`);
+          progress(`service: ${requests.join("; ")}`);
+        }),
+      );
+
+      await t.step("the totals views count each row once", async () => {
+        const compared = await assertTotalsMatch((sql) => server.query(sql), world.database);
+        for (const c of compared) {
+          progress(`${c.view} by (${c.keys}): ${c.totals} over ${c.groups} groups`);
+        }
+      });
+
+      await t.step("the service stops cleanly", async () => {
+        const status = await service.kill("SIGTERM");
+        const log = await Deno.readTextFile(service.logPath);
+        assert.equal(status.code, 0, log.slice(-3000));
+        // Failed requests are expected; an exception escaping into the flusher's retry loop is not.
+        const escaped = log.split("\n").filter((l) => /Flusher step failed|Uncaught/.test(l));
+        assert.deepEqual(escaped.slice(0, 5), [], "unexpected errors in the service log");
+        const levels: Record<string, number> = {};
+        for (const m of log.matchAll(/\[(TRC|DBG|INF|WRN|ERR|FTL)\]/g)) {
+          levels[m[1]!] = (levels[m[1]!] ?? 0) + 1;
+        }
+        progress(`service log: ${log.split("\n").length} lines, levels ${JSON.stringify(levels)}`);
+      });
+    } finally {
+      producing.abort();
+      await produced?.catch(() => {});
+      await service.kill("SIGKILL");
+      await admin.disconnect();
+      if (!server.running) await server.start();
+      const rss = samples.map((s) => (s.rss / MB).toFixed(1));
+      progress(`RSS samples (MB): ${rss.join(" ")}`);
+      progress(`queue samples: ${samples.map((s) => s.queued).join(" ")}`);
+      progress(`lag samples: ${samples.map((s) => s.lag).join(" ")}`);
+    }
+  },
+});
+
+Deno.test("anonymizer /metrics reports the KV queue as it is at the scrape", async (t) => {
+  // What an operator watches during an outage: the queue growing in KV.
+  const dir = await Deno.makeTempDir({ prefix: "anonymizer-metrics-" });
+  try {
+    await using queue = await openQueue(`${dir}/queue.kv`);
+    const metrics = createMetrics({
+      queue,
+      nextRequestSeconds: () => 0,
+      lag: () => ({}),
+      backpressure: () => false,
+    });
+    const row = {
+      timestamp: 1_700_000_000,
+      resourceId: 1n,
+      bytesSent: 2n,
+      requestTimeMilli: 3n,
+      responseStatus: 200,
+      cacheStatus: "HIT",
+      method: "GET",
+      remoteAddr: "1.2.3.X",
+      url: "/a",
+    };
+    await t.step("an empty queue scrapes as 0 rows", async () => {
+      assert.equal(gauge(await metrics.registry.metrics(), "anonymizer_queue_rows"), 0);
+    });
+    await t.step("10 rows queued scrape as 10 rows at once", async () => {
+      const entries = Array.from({ length: 10 }, (_, i) => ({ offset: BigInt(i), row }));
+      await queue.append("http_log", 0, entries, { next: 10n });
+      const text = await metrics.registry.metrics();
+      assert.equal(gauge(text, "anonymizer_queue_rows"), 10, "anonymizer_queue_rows");
+      assert.ok(gauge(text, "anonymizer_kv_disk_bytes") > 0, "anonymizer_kv_disk_bytes");
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
