@@ -398,7 +398,11 @@ export class Flusher {
       return;
     }
     const { rows, offsets, partitions } = await this.#queue.batchEntries(batch);
-    await this.#onPoisonRow(rows[0]!, err, { topic: batch.topic, partition: partitions[0]!, offset: offsets[0]! });
+    await this.#onPoisonRow(rows[0]!, err, {
+      topic: batch.topic,
+      partition: partitions[0]!,
+      offset: offsets[0]!,
+    });
     await this.#queue.discard(batch.id);
     log.error("Dead-lettered one row ClickHouse rejected from batch {batchId}: {error}", {
       batchId: String(batch.id),
@@ -423,9 +427,12 @@ export class Flusher {
     if (text === null) return;
     const [stored, running] = text.trim().split("\t").map(Number) as [number, number];
     if (running > 0) {
-      log.warn("Batch {batchId}: its INSERT is still running in ClickHouse; checking again next slot", {
-        batchId: String(batch.id),
-      });
+      log.warn(
+        "Batch {batchId}: its INSERT is still running in ClickHouse; checking again next slot",
+        {
+          batchId: String(batch.id),
+        },
+      );
       return;
     }
     if (stored === batch.rows) {

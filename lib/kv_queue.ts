@@ -626,7 +626,11 @@ export class KvQueue implements AsyncDisposable {
     for (let g = 0; g < groups; g++) {
       const from = g * size;
       const to = Math.min(rows.length, from + size);
-      const groupParts = splitRows(rows.slice(from, to), offsets.slice(from, to), partitions.slice(from, to));
+      const groupParts = splitRows(
+        rows.slice(from, to),
+        offsets.slice(from, to),
+        partitions.slice(from, to),
+      );
       for (const part of groupParts) {
         chunks.push([returnedKey(seqBase + BigInt(chunks.length)), {
           ...part,
@@ -762,10 +766,13 @@ export class KvQueue implements AsyncDisposable {
       for (let j = i; j < Math.min(meta.rowParts, i + 10); j++) keys.push(batchRowsKey(meta.id, j));
       for (const e of await this.#kv.getMany<RowPart[]>(keys)) {
         if (e.value === null) {
-          throw new QueueError(`Cannot read the rows of batch ${meta.id} as part ${String(e.key[3])} is missing`, {
-            code: "batch_corrupt",
-            retriable: false,
-          });
+          throw new QueueError(
+            `Cannot read the rows of batch ${meta.id} as part ${String(e.key[3])} is missing`,
+            {
+              code: "batch_corrupt",
+              retriable: false,
+            },
+          );
         }
         parts.push(e.value);
       }
@@ -787,31 +794,32 @@ export class KvQueue implements AsyncDisposable {
    * dead-lettered elsewhere (a poison row ClickHouse will never accept).
    */
   async discard(id: bigint): Promise<void> {
-    const entry = await this.#kv.get<BatchMeta>(batchKey());
-    if (entry.value === null || entry.value.id !== id) return;
-    const op = this.#kv.atomic().check(entry).delete(batchKey());
-    for (let i = 0; i < entry.value.parts; i++) op.delete(batchPartKey(id, i));
-    for (let i = 0; i < entry.value.rowParts; i++) op.delete(batchRowsKey(id, i));
-    for (const key of await this.#returnedFrom(id)) op.delete(key);
-    op.sum(counterKey("dead_lettered_rows"), BigInt(entry.value.rows))
-      .sum(counterKey("queued_rows"), 2n ** 64n - BigInt(entry.value.rows));
-    const res = await this.#commit(op, `discard batch ${id}`);
-    if (!res.ok) await this.discard(id);
+    await this.#removeBatch(id, "dead_lettered_rows", `discard batch ${id}`);
   }
 
   /** Removes the sealed batch after ClickHouse stored it, and counts it as landed. */
   async markLanded(id: bigint): Promise<void> {
-    const entry = await this.#kv.get<BatchMeta>(batchKey());
-    if (entry.value === null || entry.value.id !== id) return;
-    const op = this.#kv.atomic().check(entry).delete(batchKey());
-    for (let i = 0; i < entry.value.parts; i++) op.delete(batchPartKey(id, i));
-    for (let i = 0; i < entry.value.rowParts; i++) op.delete(batchRowsKey(id, i));
-    for (const key of await this.#returnedFrom(id)) op.delete(key);
-    op.sum(counterKey("landed_rows"), BigInt(entry.value.rows))
-      .sum(counterKey("landed_batches"), 1n)
-      .sum(counterKey("queued_rows"), 2n ** 64n - BigInt(entry.value.rows));
-    const res = await this.#commit(op, `remove landed batch ${id}`);
-    if (!res.ok) await this.markLanded(id);
+    await this.#removeBatch(id, "landed_rows", `remove landed batch ${id}`);
+  }
+
+  /** Deletes batch `id` with its parts and returned rows, moving its rows from queued to `counter`. */
+  async #removeBatch(
+    id: bigint,
+    counter: "landed_rows" | "dead_lettered_rows",
+    what: string,
+  ): Promise<void> {
+    for (;;) {
+      const entry = await this.#kv.get<BatchMeta>(batchKey());
+      if (entry.value === null || entry.value.id !== id) return;
+      const op = this.#kv.atomic().check(entry).delete(batchKey());
+      for (let i = 0; i < entry.value.parts; i++) op.delete(batchPartKey(id, i));
+      for (let i = 0; i < entry.value.rowParts; i++) op.delete(batchRowsKey(id, i));
+      for (const key of await this.#returnedFrom(id)) op.delete(key);
+      op.sum(counterKey(counter), BigInt(entry.value.rows))
+        .sum(counterKey("queued_rows"), 2n ** 64n - BigInt(entry.value.rows));
+      if (counter === "landed_rows") op.sum(counterKey("landed_batches"), 1n);
+      if ((await this.#commit(op, what)).ok) return;
+    }
   }
 
   /** Pacing state shared by every process using this KV. */

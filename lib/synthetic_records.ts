@@ -7,6 +7,7 @@
 
 import { AnonymizerError } from "./errors.ts";
 import type { HttpLogRecord } from "./types.ts";
+import { CACHE_STATUSES } from "./_vocabulary.ts";
 
 /** Options of {@linkcode syntheticRecords}. */
 export interface SyntheticRecordsOptions {
@@ -31,16 +32,6 @@ const HOUR_MS = 3_600_000;
 const RESOURCE_ID_MIN = 100_000_000;
 const RESOURCE_ID_SPAN = 900_000_000;
 const STATUSES = [200, 301, 400, 403, 404, 500, 502, 504] as const;
-const CACHE_STATUSES = [
-  "HIT",
-  "MISS",
-  "BYPASS",
-  "STALE",
-  "EXPIRED",
-  "REVALIDATED",
-  "UPDATING",
-  "SCARCE",
-] as const;
 const METHODS = ["GET", "HEAD"] as const;
 const PATH_WORDS = [
   "static",

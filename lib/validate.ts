@@ -8,6 +8,7 @@
 import { anonymizeAddress, INVALID_ADDRESS } from "./anonymize.ts";
 import { AnonymizerError } from "./errors.ts";
 import type { HttpLogRecord, HttpLogRow } from "./types.ts";
+import { CACHE_STATUSES } from "./_vocabulary.ts";
 
 /** Options of {@linkcode toRow}. */
 export interface ToRowOptions {
@@ -107,17 +108,7 @@ const METHODS: ReadonlySet<string> = new Set([
   "TRACE",
 ]);
 // nginx's $upstream_cache_status values; empty means no cache was involved.
-const CACHE_STATUSES: ReadonlySet<string> = new Set([
-  "",
-  "HIT",
-  "MISS",
-  "BYPASS",
-  "STALE",
-  "EXPIRED",
-  "REVALIDATED",
-  "UPDATING",
-  "SCARCE",
-]);
+const KNOWN_CACHE_STATUSES: ReadonlySet<string> = new Set(["", ...CACHE_STATUSES]);
 // Neither set has a member longer than this, so longer input skips case folding.
 const MAX_KNOWN_TOKEN_LENGTH = 11;
 
@@ -233,7 +224,7 @@ export function toRow(record: HttpLogRecord, options: ToRowOptions = {}): RowRes
   const method = normalizeToken(record.method, METHODS, "method", normalized);
   const cacheStatus = normalizeToken(
     record.cacheStatus,
-    CACHE_STATUSES,
+    KNOWN_CACHE_STATUSES,
     "cache_status",
     normalized,
   );
