@@ -152,6 +152,8 @@ export class Flusher {
   #stopping = false;
   #loop: Promise<void> | null = null;
   #wakers = new Set<() => void>();
+  /** A wake that came while the loop was not sleeping (e.g. sealing): the next sleep ends at once. */
+  #woken = false;
   #inflight: AbortController | null = null;
   #lastRefusedAt: number | null = null;
   #status: FlusherStatus = { nextSlotAt: 0, inflight: false, serverVersion: null, last: null };
@@ -189,6 +191,7 @@ export class Flusher {
 
   /** Ends any wait early: new owned rows, or the cron watchdog. */
   wake(): void {
+    if (this.#wakers.size === 0) this.#woken = true;
     for (const w of this.#wakers) w();
     this.#wakers.clear();
   }
@@ -571,6 +574,10 @@ export class Flusher {
   }
 
   #sleep(ms: number): Promise<void> {
+    if (this.#woken) {
+      this.#woken = false;
+      return Promise.resolve();
+    }
     return new Promise((resolve) => {
       const done = () => {
         clearTimeout(timer);

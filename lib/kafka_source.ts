@@ -178,6 +178,10 @@ export class KafkaSource {
         groupId: this.#opts.groupId,
         partitions: this.#status.assigned.join(",") || "none",
       });
+      // Rows left pending from before the join are settled now, not at the next watchdog tick.
+      this.settlePending().catch((err) =>
+        log.warn("Cannot settle pending rows after joining yet: {error}", { error: String(err) })
+      );
     });
     c.on(c.events.CRASH, (e) => {
       this.#status.joined = false;
@@ -224,10 +228,14 @@ export class KafkaSource {
   }
 
   /**
-   * Settles pending rows that no Kafka batch will settle: on a partition
-   * still assigned (its last commit failed and no data followed), commits
-   * again; on one no longer assigned (a crash or a rebalance), reconciles
-   * with the group's last commit. Called by the cron watchdog.
+   * Settles pending rows that no Kafka batch will settle. On a partition
+   * assigned and already reconciled in this generation (its last commit
+   * failed and no data followed), commits again. On one assigned but not yet
+   * reconciled (rows left from before the join, and no batch since), or no
+   * longer assigned (a crash or a rebalance), reconciles with the group's
+   * last commit first: committing `next` blindly could rewind another owner's
+   * commit and store rows it already stored. Runs after each group join and
+   * from the cron watchdog.
    */
   async settlePending(): Promise<void> {
     for (const p of await this.#queue.partitions()) {
@@ -235,9 +243,18 @@ export class KafkaSource {
       await this.#withPartition(p.partition, async () => {
         const state = await this.#queue.partition(p.topic, p.partition);
         if (state === null || state.next === state.committed) return;
-        if (this.#status.assigned.includes(p.partition)) {
+        if (!this.#status.assigned.includes(p.partition)) {
+          await this.#reconcile(p.partition, { fence: false });
+        } else if (this.#reconciled.has(p.partition)) {
+          log.info("Partition {partition}: committing offset {offset} again for pending rows", {
+            partition: p.partition,
+            offset: String(state.next),
+          });
           await this.#commit(p.partition, state.next);
-        } else await this.#reconcile(p.partition, { fence: false });
+        } else {
+          await this.#reconcile(p.partition, { fence: true });
+          this.#reconciled.add(p.partition);
+        }
       });
     }
   }
@@ -350,6 +367,10 @@ export class KafkaSource {
         dropped,
       });
     } else if (options.fence) {
+      log.info("Partition {partition}: fencing pending rows below {offset} with our own commit", {
+        partition,
+        offset: String(state.next),
+      });
       await this.#commit(partition, state.next);
     }
   }
