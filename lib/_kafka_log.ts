@@ -5,6 +5,8 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
+// Every kafkajs user in anonymizer imports this module, so the fix is always in place.
+import "./_kafkajs_idle_fix.ts";
 import { type logCreator, type LogEntry, logLevel } from "kafkajs";
 
 const log = getLogger(["anonymizer", "kafkajs"]);

@@ -109,8 +109,10 @@ export interface FlusherOptions {
    * Default: `"auto"`.
    */
   dedup?: "auto" | "check" | "token";
-  /** Rows offered to the packer per seal. Default: `40_000`. */
+  /** Rows offered to the packer for the first seal; later seals size this from the last batch. Default: `40_000`. */
   candidateRows?: number;
+  /** Largest request body, bytes, to size later seals. Default: `1_048_576`. */
+  bodyLimit?: number;
   /** Called after every request. Default: none. */
   onEvent?: (event: FlushEvent) => void;
   /** Called when a batch is confirmed stored, by its INSERT or by a check. Default: none. */
@@ -175,6 +177,7 @@ export class Flusher {
       sealLeadMs: options.sealLeadMs ?? 1_500,
       dedup: options.dedup ?? "auto",
       candidateRows: options.candidateRows ?? 40_000,
+      bodyLimit: options.bodyLimit ?? 1_048_576,
       now: options.now ?? Date.now,
     };
   }
@@ -297,7 +300,11 @@ export class Flusher {
     const version = this.#status.serverVersion!;
     const started = performance.now();
     const batch = await this.#queue.seal((rows, id) => pack(rows, id, version), {
-      candidateRows: this.#opts.candidateRows,
+      // Decoding far more rows than fit costs memory and CPU on every seal; a quarter more
+      // than the last batch's density suggests leaves room for variation.
+      candidateRows: this.#bytesPerRow > 0
+        ? Math.ceil((this.#opts.bodyLimit / this.#bytesPerRow) * 1.25)
+        : this.#opts.candidateRows,
     });
     if (batch !== null) {
       this.#bytesPerRow = batch.bytes / batch.rows;

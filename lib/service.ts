@@ -94,6 +94,7 @@ export async function startService(config: Config, options: ServiceOptions = {})
     spacingMs: config.clickhouseSpacingMs,
     marginMs: config.clickhouseMarginMs,
     dedup: config.clickhouseDedup,
+    bodyLimit: config.clickhouseBodyLimit,
     onEvent: (e) => {
       metrics.onFlush(e);
       options.onFlush?.(e);
