@@ -6,8 +6,9 @@
  *
  * @module
  */
-import { Kafka, logLevel } from "kafkajs";
-import { KAFKA_BROKERS } from "../tests/_stack.ts";
+import process from "node:process";
+import { delay, type ServiceProcess, spawnService, type World } from "../tests/_pipeline.ts";
+import { withKafkaAdmin } from "../tests/_stack.ts";
 
 const ROOT = new URL("..", import.meta.url);
 const encoder = new TextEncoder();
@@ -26,129 +27,63 @@ export interface LogRecord {
   [property: string]: unknown;
 }
 
-/** The service as a child process. */
-export interface ServiceChild {
-  /** Process id, for /proc. */
-  readonly pid: number;
-  /** Path of the file collecting its output. */
-  readonly logPath: string;
+/** The service as a child process logging JSON, its lines parsed as they come. */
+export interface JsonService extends ServiceProcess {
   /** Every parsed JSON log line so far. */
   readonly records: readonly LogRecord[];
-  /** Resolves with the exit status once its output is drained. */
-  readonly exited: Promise<Deno.CommandStatus>;
   /** Resolves with the first log record, existing or future, matching `pred`. */
   waitFor(pred: (r: LogRecord) => boolean, timeoutMs: number): Promise<LogRecord>;
-  /** Sends `signal` (default SIGTERM) unless it exited, and waits for the exit status. */
-  stop(signal?: Deno.Signal): Promise<Deno.CommandStatus>;
 }
 
 /**
- * Starts `deno run main.ts run` with the service's own permissions, any
- * extra `denoFlags` (e.g. `--v8-flags=...`), and `env` (LOG_FORMAT is forced
- * to json). Each parsed log line is passed to
- * `onRecord`; every byte of output also goes to `logPath`.
+ * Starts the service with `spawnService()` of tests/_pipeline.ts (the
+ * world's settings plus `overrides`, /metrics on a free port, any extra
+ * `denoFlags` such as `--v8-flags=...`) with LOG_FORMAT=json; each parsed log
+ * line is passed to `onRecord`. Its log is `<world.dir>/<name>.log`.
  */
-export async function spawnServiceChild(
-  env: Record<string, string>,
-  options: { logPath: string; onRecord?: (r: LogRecord) => void; denoFlags?: string[] },
-): Promise<ServiceChild> {
-  const file = await Deno.open(options.logPath, { create: true, append: true, write: true });
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      ...(options.denoFlags ?? []),
-      "--allow-net",
-      "--allow-read",
-      "--allow-write",
-      "--allow-env",
-      "--allow-sys",
-      "main.ts",
-      "run",
-    ],
-    cwd: ROOT,
-    env: { ...env, LOG_FORMAT: "json", NO_COLOR: "1" },
-    clearEnv: false,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
+export async function spawnJsonService(
+  world: World,
+  options: {
+    name: string;
+    overrides?: Record<string, string>;
+    denoFlags?: string[];
+    onRecord?: (r: LogRecord) => void;
+  },
+): Promise<JsonService> {
   const records: LogRecord[] = [];
-  const watchers = new Set<() => void>();
-  let writing = Promise.resolve();
-  let done = false;
-  const pump = async (stream: ReadableStream<Uint8Array>) => {
-    const decoder = new TextDecoder();
-    let rest = "";
-    for await (const chunk of stream) {
-      writing = writing.then(async () => {
-        let off = 0;
-        while (off < chunk.byteLength) off += await file.write(chunk.subarray(off));
-      });
-      rest += decoder.decode(chunk, { stream: true });
-      const lines = rest.split("\n");
-      rest = lines.pop()!;
-      for (const line of lines) {
-        if (!line.startsWith("{")) continue;
-        try {
-          const r = JSON.parse(line) as LogRecord;
-          records.push(r);
-          options.onRecord?.(r);
-        } catch {
-          // A line that is not one of logtape's JSON lines (e.g. a Deno warning).
-        }
+  const service = await spawnService(world, {
+    name: options.name,
+    overrides: { ...options.overrides, LOG_FORMAT: "json" },
+    metrics: true,
+    denoFlags: options.denoFlags ?? [],
+    onLine: (line) => {
+      if (!line.startsWith("{")) return;
+      try {
+        const r = JSON.parse(line) as LogRecord;
+        records.push(r);
+        options.onRecord?.(r);
+      } catch {
+        // A line that is not one of logtape's JSON lines (e.g. a Deno warning).
       }
-      for (const w of [...watchers]) w();
-    }
-  };
-  const pumped = Promise.all([pump(child.stdout), pump(child.stderr)]);
-  const exited = (async () => {
-    const status = await child.status;
-    await pumped;
-    await writing;
-    file.close();
-    done = true;
-    for (const w of [...watchers]) w();
-    return status;
-  })();
-  return {
-    pid: child.pid,
-    logPath: options.logPath,
+    },
+  });
+  return Object.assign(service, {
     records,
-    exited,
-    waitFor(pred, timeoutMs) {
-      return new Promise((resolve, reject) => {
-        const check = () => {
-          const hit = records.find(pred);
-          if (hit !== undefined || done) {
-            clearTimeout(timer);
-            watchers.delete(check);
-            if (hit !== undefined) resolve(hit);
-            else reject(new Error(`The service exited; see ${options.logPath}`));
-          }
-        };
-        const timer = setTimeout(() => {
-          watchers.delete(check);
-          reject(
-            new Error(
-              `No matching service log line within ${timeoutMs} ms; see ${options.logPath}`,
-            ),
+    async waitFor(pred: (r: LogRecord) => boolean, timeoutMs: number): Promise<LogRecord> {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const hit = records.find(pred);
+        if (hit !== undefined) return hit;
+        if (service.hasExited) throw new Error(`The service exited; see ${service.logPath}`);
+        if (Date.now() > deadline) {
+          throw new Error(
+            `No matching service log line within ${timeoutMs} ms; see ${service.logPath}`,
           );
-        }, timeoutMs);
-        watchers.add(check);
-        check();
-      });
-    },
-    async stop(signal: Deno.Signal = "SIGTERM") {
-      if (!done) {
-        try {
-          child.kill(signal);
-        } catch {
-          // Exited meanwhile.
         }
+        await delay(100);
       }
-      return await exited;
     },
-  };
+  });
 }
 
 /** CPU and memory of one process, read from /proc. */
@@ -341,35 +276,9 @@ export function startForwarder(upstream: string): Forwarder {
 
 /** Deletes Kafka topics a benchmark created (they can hold hundreds of MB). */
 export async function deleteTopics(topics: string[]): Promise<void> {
-  const admin = new Kafka({
+  await withKafkaAdmin((admin) => admin.deleteTopics({ topics, timeout: 30_000 }), {
     clientId: "anonymizer-bench",
-    brokers: KAFKA_BROKERS.split(","),
-    logLevel: logLevel.NOTHING,
-  }).admin();
-  await admin.connect();
-  try {
-    await admin.deleteTopics({ topics, timeout: 30_000 });
-  } finally {
-    await admin.disconnect();
-  }
-}
-
-/** Reads every unlabelled sample of a Prometheus `/metrics` endpoint at `addr` (host:port). */
-export async function scrape(addr: string): Promise<Map<string, number>> {
-  const res = await fetch(`http://${addr}/metrics`, { signal: AbortSignal.timeout(10_000) });
-  const out = new Map<string, number>();
-  for (const line of (await res.text()).split("\n")) {
-    const m = /^([a-z_:][a-z0-9_:]*) (\S+)$/i.exec(line);
-    if (m !== null) out.set(m[1]!, Number(m[2]));
-  }
-  return out;
-}
-
-/** A free TCP port on 127.0.0.1 (free when asked). */
-export function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  listener.close();
-  return (listener.addr as Deno.NetAddr).port;
+  });
 }
 
 /** The 1-minute load average. */
@@ -424,11 +333,6 @@ export function round(x: number, digits = 1): number {
   return Math.round(x * f) / f;
 }
 
-/** Resolves after `ms`. */
-export function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
 /** Size in bytes of a Deno KV (SQLite) file with its WAL and shared-memory files. */
 export async function kvDiskBytes(path: string): Promise<number> {
   let bytes = 0;
@@ -440,6 +344,47 @@ export async function kvDiskBytes(path: string): Promise<number> {
     }
   }
   return bytes;
+}
+
+/**
+ * The fields every benchmark report ends with: this process's own CPU, the
+ * host with its load over the run (stopping `run.load`), the seed, the
+ * service's extra flags, the glibc malloc tunables and the code version.
+ */
+export function reportContext(run: {
+  host: ReturnType<typeof hostFacts>;
+  load: LoadSampler;
+  seed: number;
+  serviceFlags: string[];
+  code: ReturnType<typeof codeVersion>;
+}): Record<string, unknown> {
+  const cpu = process.cpuUsage();
+  return {
+    bench_process_cpu_s: round((cpu.user + cpu.system) / 1e6, 1),
+    host: { ...run.host, load_avg_1m: run.load.stop() },
+    seed: run.seed,
+    service_flags: run.serviceFlags,
+    // glibc malloc tunables reach the service through the inherited environment.
+    malloc_env: Object.fromEntries(
+      Object.entries(Deno.env.toObject()).filter(([k]) => k.startsWith("MALLOC_")),
+    ),
+    code: run.code,
+  };
+}
+
+/**
+ * Removes a benchmark's world and its topics (they can hold hundreds of MB),
+ * or with `keep` only says where they are, to look into after the run.
+ */
+export async function closeWorld(world: World, keep: boolean): Promise<void> {
+  if (keep) {
+    progress(`kept ${world.dir}, database ${world.database}, topic ${world.topic}`);
+    return;
+  }
+  await world.close();
+  await deleteTopics([world.topic, world.dlqTopic]).catch((err) =>
+    progress(`cannot delete topics ${world.topic}: ${err}`)
+  );
 }
 
 /** RSS of a sample with its anonymous (heap) and file-backed parts, MiB; `null` without one. */

@@ -37,26 +37,23 @@
  *
  * @module
  */
-import process from "node:process";
 import { parseArgs } from "node:util";
 import { produce } from "../lib/produce.ts";
 import { syntheticRecords } from "../lib/synthetic_records.ts";
-import { createWorld } from "../tests/_pipeline.ts";
+import { createWorld, delay } from "../tests/_pipeline.ts";
 import { CLICKHOUSE_URL, clickhouseQuery, KAFKA_BROKERS } from "../tests/_stack.ts";
 import {
+  closeWorld,
   codeVersion,
-  deleteTopics,
-  freePort,
   hostFacts,
   kvDiskBytes,
   LoadSampler,
   ProcSampler,
   progress,
+  reportContext,
   round,
   rssParts,
-  scrape,
-  sleep,
-  spawnServiceChild,
+  spawnJsonService,
   startForwarder,
 } from "./_service_bench.ts";
 
@@ -96,13 +93,12 @@ progress(
 
 let report: Record<string, unknown> | undefined;
 try {
-  const metricsAddr = `127.0.0.1:${freePort()}`;
   let flushed = 0;
   let flushedRows = 0;
   let failures = 0;
-  const service = await spawnServiceChild({ ...world.env, METRICS_LISTEN: metricsAddr }, {
+  const service = await spawnJsonService(world, {
+    name: "service",
     denoFlags: serviceFlags,
-    logPath: `${world.dir}/service.log`,
     onRecord: (r) => {
       if (r.message.startsWith("Flushed batch")) {
         flushed++;
@@ -114,16 +110,16 @@ try {
       }
     },
   });
-  const sampler = new ProcSampler(service.pid);
+  const sampler = new ProcSampler(service.child.pid);
   await service.waitFor((r) => r.message.includes("consuming"), 60_000);
   // The version check is the first request; once it passed, ClickHouse "goes away".
   const versionDeadline = Date.now() + 30_000;
   while (!(await world.proxy.readAccessLog()).some((e) => e.status === 200)) {
     if (Date.now() > versionDeadline) throw new Error("The service's version check never passed");
-    await sleep(200);
+    await delay(200);
   }
   forwarder.mode = "down";
-  progress(`service pid ${service.pid} up; ClickHouse now unreachable (nginx answers 502)`);
+  progress(`service pid ${service.child.pid} up; ClickHouse now unreachable (nginx answers 502)`);
 
   // ---- Queueing phase.
   const produceStart = Date.now();
@@ -158,7 +154,7 @@ try {
   while (Date.now() < queueDeadline) {
     try {
       // This process's own counter: exact, and it never includes rows an earlier process queued.
-      queued = (await scrape(metricsAddr)).get("anonymizer_records_queued_total") ?? queued;
+      queued = (await service.scrape()).series.get("anonymizer_records_queued_total") ?? queued;
     } catch {
       // Busy; try again.
     }
@@ -172,7 +168,7 @@ try {
         } s, load ${Deno.readTextFileSync("/proc/loadavg").split(" ")[0]}`,
       );
     }
-    await sleep(1_000);
+    await delay(1_000);
   }
   const queuedAt = Date.now();
   const q = sampler.sample()!;
@@ -185,7 +181,7 @@ try {
     } MiB; RSS ${round(q.rssMb)} MiB, peak ${round(q.hwmMb)} MiB`,
   );
   // A short idle spell shows whether the queueing peak is retained.
-  await sleep(15_000);
+  await delay(15_000);
   const idle = sampler.sample()!;
   const failuresWhileDown = failures;
 
@@ -198,9 +194,9 @@ try {
   let remaining = queued;
   let lastDrainReport = 0;
   while (Date.now() - drainStart < drainSeconds * 1000) {
-    await sleep(1_000);
+    await delay(1_000);
     try {
-      const m = await scrape(metricsAddr);
+      const m = (await service.scrape()).series;
       remaining = (m.get("anonymizer_records_queued_total") ?? 0) -
         (m.get("anonymizer_records_flushed_total") ?? 0);
     } catch {
@@ -218,7 +214,7 @@ try {
   }
   const drainEnd = Date.now();
   const d = sampler.sample()!;
-  await service.stop("SIGTERM");
+  await service.kill("SIGTERM");
   sampler.stop();
   const drainedBatches = flushed - flushedBefore;
   const drainedRows = flushedRows - flushedRowsBefore;
@@ -247,7 +243,6 @@ try {
     exactness = { lost, duplicated };
   }
 
-  const bench = process.cpuUsage();
   report = {
     bench: "backlog",
     backlog_rows: queued,
@@ -288,26 +283,11 @@ try {
       cpu_s: round(d.cpuS - idle.cpuS, 2),
       exactly_once: exactness,
     },
-    bench_process_cpu_s: round((bench.user + bench.system) / 1e6, 1),
-    host: { ...host, load_avg_1m: load.stop() },
-    seed,
-    service_flags: serviceFlags,
-    // glibc malloc tunables reach the service through the inherited environment.
-    malloc_env: Object.fromEntries(
-      Object.entries(Deno.env.toObject()).filter(([k]) => k.startsWith("MALLOC_")),
-    ),
-    code,
+    ...reportContext({ host, load, seed, serviceFlags, code }),
   };
 } finally {
   load.stop();
-  if (!values.keep) {
-    await world.close();
-    await deleteTopics([world.topic, world.dlqTopic]).catch((err) =>
-      progress(`cannot delete topics ${world.topic}: ${err}`)
-    );
-  } else {
-    progress(`kept ${world.dir}, database ${world.database}, topic ${world.topic}`);
-  }
+  await closeWorld(world, values.keep);
   await forwarder.close();
 }
 Deno.stdout.writeSync(new TextEncoder().encode(JSON.stringify(report) + "\n"));

@@ -49,11 +49,10 @@
  *
  * @module
  */
-import process from "node:process";
 import { parseArgs } from "node:util";
 import { produce, type ProduceSummary } from "../lib/produce.ts";
 import { syntheticRecords } from "../lib/synthetic_records.ts";
-import { createWorld, spacingFor } from "../tests/_pipeline.ts";
+import { createWorld, delay, spacingFor } from "../tests/_pipeline.ts";
 import {
   type AccessLogEntry,
   clickhouseQuery,
@@ -61,20 +60,18 @@ import {
   startProxy,
 } from "../tests/_stack.ts";
 import {
+  closeWorld,
   codeVersion,
-  deleteTopics,
-  freePort,
   hostFacts,
   LoadSampler,
   type LogRecord,
   ProcSampler,
   progress,
   quantile,
+  reportContext,
   round,
   rssParts,
-  scrape,
-  sleep,
-  spawnServiceChild,
+  spawnJsonService,
 } from "./_service_bench.ts";
 
 const { values } = parseArgs({
@@ -136,13 +133,12 @@ progress(
 let report: Record<string, unknown> | undefined;
 try {
   // ---- Phase 1: stock proxy, producer faster than the proxy carries.
-  const metrics1 = `127.0.0.1:${freePort()}`;
   let queueRows = 0;
   let lastFlushAt: number | null = null;
   let flushNo = 0;
-  const service1 = await spawnServiceChild({ ...world.env, METRICS_LISTEN: metrics1 }, {
+  const service1 = await spawnJsonService(world, {
+    name: "service-stock",
     denoFlags: serviceFlags,
-    logPath: `${world.dir}/service-stock.log`,
     onRecord: (r) => {
       const f = flushOf(r);
       if (f !== null) {
@@ -159,9 +155,9 @@ try {
       }
     },
   });
-  const sampler1 = new ProcSampler(service1.pid);
+  const sampler1 = new ProcSampler(service1.child.pid);
   await service1.waitFor((r) => r.message.includes("consuming"), 60_000);
-  progress(`service pid ${service1.pid} started; producing ${rate} msg/s (seed ${seed})`);
+  progress(`service pid ${service1.child.pid} started; producing ${rate} msg/s (seed ${seed})`);
 
   const genNow = Date.now();
   const acks: Array<[sent: number, at: number]> = [];
@@ -182,7 +178,7 @@ try {
   let accepted: AccessLogEntry[] = [];
   let lastStatus = 0;
   while (Date.now() < deadline) {
-    await sleep(1_000);
+    await delay(1_000);
     accepted = (await world.proxy.readAccessLog()).filter((e) => isInsert(e) && e.status === 200);
     if (accepted.length >= need) break;
     if (Date.now() - lastStatus >= 15_000) {
@@ -190,7 +186,7 @@ try {
       try {
         // This process's own counters: exact at every scrape (the queue gauges lagged one scrape
         // before commit 0821249).
-        const m = await scrape(metrics1);
+        const m = (await service1.scrape()).series;
         queueRows = (m.get("anonymizer_records_queued_total") ?? 0) -
           (m.get("anonymizer_records_flushed_total") ?? 0);
       } catch {
@@ -214,7 +210,7 @@ try {
   progress(`producer stopped: ${produced} records in ${round(producedFor)} s`);
   sampler1.sample();
   const hwm1 = sampler1.last?.hwmMb ?? 0;
-  await service1.stop("SIGTERM");
+  await service1.kill("SIGTERM");
   sampler1.stop();
   const cpu1Total = sampler1.last?.cpuS ?? 0;
   const stockFlushes = service1.records.map(flushOf).filter((f): f is Flush => f !== null);
@@ -222,17 +218,15 @@ try {
 
   // ---- Phase 2: drain the rest through a fast proxy, on the same KV.
   const fast = await startProxy({ rate: drainRate });
-  const metrics2 = `127.0.0.1:${freePort()}`;
   progress(`draining through ${fast.url} (${drainRate})`);
-  const service2 = await spawnServiceChild({
-    ...world.env,
-    CLICKHOUSE_URL: fast.url,
-    CLICKHOUSE_SPACING_MS: String(spacingFor(drainRate)),
-    CLICKHOUSE_MARGIN_MS: "100",
-    METRICS_LISTEN: metrics2,
-  }, {
+  const service2 = await spawnJsonService(world, {
+    name: "service-drain",
+    overrides: {
+      CLICKHOUSE_URL: fast.url,
+      CLICKHOUSE_SPACING_MS: String(spacingFor(drainRate)),
+      CLICKHOUSE_MARGIN_MS: "100",
+    },
     denoFlags: serviceFlags,
-    logPath: `${world.dir}/service-drain.log`,
     onRecord: (r) => {
       const f = flushOf(r);
       if (f !== null) progress(`drain flush: ${f.rows} rows, ${f.bytes} bytes`);
@@ -241,19 +235,19 @@ try {
       }
     },
   });
-  const sampler2 = new ProcSampler(service2.pid);
+  const sampler2 = new ProcSampler(service2.child.pid);
   const drainStart = Date.now();
   let stored = 0;
   let idleSince: number | null = null;
   while (Date.now() - drainStart < DRAIN_TIMEOUT_MS) {
-    await sleep(2_000);
+    await delay(2_000);
     stored = Number(
       (await clickhouseQuery(`SELECT count() FROM ${world.database}.http_log`)).trim(),
     );
     if (stored >= produced) break;
     let queued = NaN;
     try {
-      queued = (await scrape(metrics2)).get("anonymizer_queue_rows") ?? NaN;
+      queued = (await service2.scrape()).series.get("anonymizer_queue_rows") ?? NaN;
     } catch {
       // Not listening yet.
     }
@@ -268,7 +262,7 @@ try {
   const drainS = (Date.now() - drainStart) / 1000;
   sampler2.sample();
   const hwm2 = sampler2.last?.hwmMb ?? 0;
-  await service2.stop("SIGTERM");
+  await service2.kill("SIGTERM");
   sampler2.stop();
   const cpu2Total = sampler2.last?.cpuS ?? 0;
   const fastLog = await fast.readAccessLog();
@@ -357,7 +351,6 @@ try {
   )).trim());
 
   const rowsPerRequest = measuredRows.reduce((x, y) => x + y, 0) / measuredRows.length;
-  const benchCpu = process.cpuUsage();
   report = {
     bench: "e2e",
     sustained_rows_per_s: round(windowRows / windowS, 1),
@@ -404,26 +397,11 @@ try {
     stored,
     unexpected_ids: unexpected,
     unmasked_addresses: unmasked,
-    bench_process_cpu_s: round((benchCpu.user + benchCpu.system) / 1e6, 1),
-    host: { ...host, load_avg_1m: load.stop() },
-    seed,
-    service_flags: serviceFlags,
-    // glibc malloc tunables reach the service through the inherited environment.
-    malloc_env: Object.fromEntries(
-      Object.entries(Deno.env.toObject()).filter(([k]) => k.startsWith("MALLOC_")),
-    ),
-    code,
+    ...reportContext({ host, load, seed, serviceFlags, code }),
   };
 } finally {
   load.stop();
-  if (!values.keep) {
-    await world.close();
-    await deleteTopics([world.topic, world.dlqTopic]).catch((err) =>
-      progress(`cannot delete topics ${world.topic}: ${err}`)
-    );
-  } else {
-    progress(`kept ${world.dir}, database ${world.database}, topic ${world.topic}`);
-  }
+  await closeWorld(world, values.keep);
 }
 Deno.stdout.writeSync(new TextEncoder().encode(JSON.stringify(report) + "\n"));
 

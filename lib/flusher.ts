@@ -14,6 +14,7 @@ import { getLogger } from "@logtape/logtape";
 import type { ClickHouseClient } from "./clickhouse_client.ts";
 import { ClickHouseError } from "./errors.ts";
 import type { BatchMeta, KvQueue, PackResult } from "./kv_queue.ts";
+import { isModern } from "./migrate.ts";
 import { nextSlotAt } from "./pacer.ts";
 import { pacedRequest } from "./_paced_request.ts";
 import type { HttpLogRow } from "./types.ts";
@@ -105,7 +106,8 @@ export interface FlusherOptions {
   /**
    * How an unknown outcome is resolved: `"check"` spends a slot on one
    * SELECT by batch id; `"token"` resends with `insert_deduplication_token`
-   * (ClickHouse 22.2+); `"auto"` picks `"token"` where the server has it.
+   * (needs the deduplication windows migrate creates on 23.3+); `"auto"`
+   * picks `"token"` on 23.3 and later.
    * Default: `"auto"`.
    */
   dedup?: "auto" | "check" | "token";
@@ -290,8 +292,8 @@ export class Flusher {
 
   #strategy(): "check" | "token" {
     if (this.#opts.dedup !== "auto") return this.#opts.dedup;
-    const [major = 0, minor = 0] = (this.#status.serverVersion ?? "0").split(".").map(Number);
-    return major > 22 || (major === 22 && minor >= 2) ? "token" : "check";
+    // Tokens need the tables' deduplication windows, which migrate sets on modern servers only.
+    return isModern(this.#status.serverVersion ?? "0") ? "token" : "check";
   }
 
   async #seal(): Promise<BatchMeta | null> {

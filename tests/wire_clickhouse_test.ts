@@ -5,7 +5,8 @@
  * fed the very bytes a modern server would receive.
  */
 import assert from "node:assert/strict";
-import { type Engine, openChdbEngine, openHttpEngine, resolveTemplate } from "../bench/_engines.ts";
+import { type Engine, openChdbEngine, openHttpEngine } from "../bench/_engines.ts";
+import { resolveTemplate } from "../lib/migrate.ts";
 import { packBatch, type PackBatchOptions, type PackedBatch } from "../lib/pack_batch.ts";
 import { syntheticRecords } from "../lib/synthetic_records.ts";
 import type { HttpLogRow } from "../lib/types.ts";
@@ -54,7 +55,7 @@ function rowKey(row: HttpLogRow): string {
 async function createTable(engine: Engine, database: string): Promise<void> {
   await engine.run(`CREATE DATABASE ${database}`);
   const ddl = await Deno.readTextFile(SCHEMA);
-  await engine.run(resolveTemplate(ddl, { database, modern: engine.modern }));
+  await engine.run(resolveTemplate(ddl, { database, version: engine.version }));
 }
 
 /** The stored rows of one batch, in the canonical form of {@linkcode rowKey}, sorted. */

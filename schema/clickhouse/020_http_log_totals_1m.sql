@@ -1,6 +1,6 @@
--- Traffic totals per minute by HTTP status and cache status, fed only by this view on http_log so
--- they count exactly the rows that land there. The key has at most 8 × 8 values a minute whatever
--- the message rate, so charts over time read a few thousand rows for a day.
+-- Traffic totals per minute by HTTP status and cache status. Like every totals view, it is fed
+-- only by its view on http_log, so it counts exactly the rows that land there. The key has a few
+-- dozen values a minute whatever the message rate, so charts over a day read under 100k rows.
 -- The deduplication window lets a retried insert that carries insert_deduplication_token and
 -- deduplicate_blocks_in_dependent_materialized_views = 1 fill a view write that failed, once.
 CREATE MATERIALIZED VIEW IF NOT EXISTS {{database}}.http_log_totals_1m

@@ -1,6 +1,9 @@
 -- Traffic totals per hour by anonymized client network (a.b.c.X), HTTP status and cache status.
 -- The address leads the key: the dashboards look one network up over a time range, which reads
--- one index range per part, and sorted addresses compress to a few bytes.
+-- one index range per part, and sorted addresses compress to a few bytes. A network sends few
+-- requests an hour, so HTTP status and cache status in the key add few rows.
+-- The deduplication window lets a retried insert that carries insert_deduplication_token and
+-- deduplicate_blocks_in_dependent_materialized_views = 1 fill a view write that failed, once.
 CREATE MATERIALIZED VIEW IF NOT EXISTS {{database}}.http_log_totals_ip_1h
 (
     remote_addr        String /*+modern CODEC(ZSTD(1)) */,
