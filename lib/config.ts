@@ -385,7 +385,17 @@ export function loadConfig(
   return config;
 }
 
-/** The settings table for `--help`: flag, environment variable, default, description. */
+/**
+ * The settings table for `--help`: flag, environment variable, default, description.
+ *
+ * @example
+ * ```ts
+ * import { settingsHelp } from "./config.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.match(settingsHelp(), /--kafka-brokers\s+KAFKA_BROKERS\s+default "127\.0\.0\.1:9092"/);
+ * ```
+ */
 export function settingsHelp(): string {
   return SETTINGS.map((s) =>
     `  --${s.flag.padEnd(24)} ${s.env.padEnd(22)} default ${

@@ -51,7 +51,21 @@ export function bindQuery(template: string, options: BindQueryOptions = {}): str
     });
 }
 
-/** Reads `schema/queries/<name>.sql`. */
+/**
+ * Reads `schema/queries/<name>.sql`.
+ *
+ * @example
+ * ```ts
+ * import { bindQuery, readDashboardQuery } from "./dashboard_query.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const sql = bindQuery(await readDashboardQuery("traffic_over_time"), {
+ *   database: "logs",
+ *   params: { from: 0, to: 3600, step: 60 },
+ * });
+ * assert.match(sql, /FROM logs\.http_log_totals_1m/);
+ * ```
+ */
 export async function readDashboardQuery(name: string): Promise<string> {
   if (!/^[a-z0-9_]+$/.test(name)) {
     throw new AnonymizerError(

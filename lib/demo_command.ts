@@ -34,7 +34,17 @@ Runs the whole pipeline on the local stack (deno task stack:up):
 Service settings come from the environment as for "anonymizer run"; the demo
 defaults KV_PATH to .stack/demo/queue.kv and KAFKA_GROUP_ID to anonymizer-demo.`;
 
-/** Entry point of `anonymizer demo`; resolves to the exit code. */
+/**
+ * Entry point of `anonymizer demo`; resolves to the exit code.
+ *
+ * @example
+ * ```ts
+ * import { main } from "./demo_command.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(await main(["--count", "lots"]), 2);
+ * ```
+ */
 export async function main(args: string[]): Promise<number> {
   let flags;
   try {

@@ -201,7 +201,23 @@ export async function openQueue(path: string, options: OpenQueueOptions = {}): P
   return queue;
 }
 
-/** The durable queue. Create it with {@linkcode openQueue}. */
+/**
+ * The durable queue. Create it with {@linkcode openQueue}.
+ *
+ * @example Rows stay pending until promoted
+ * ```ts
+ * import { openQueue } from "./kv_queue.ts";
+ * import assert from "node:assert/strict";
+ *
+ * await using queue = await openQueue(`${await Deno.makeTempDir()}/q.kv`);
+ * const row = {
+ *   timestamp: 1_700_000_000, resourceId: 1n, bytesSent: 2n, requestTimeMilli: 3n,
+ *   responseStatus: 200, cacheStatus: "HIT", method: "GET", remoteAddr: "1.2.3.X", url: "/",
+ * };
+ * await queue.append("http_log", 0, [{ offset: 0n, row }], { next: 1n });
+ * assert.deepEqual(await queue.partition("http_log", 0), { next: 1n, committed: 0n });
+ * ```
+ */
 export class KvQueue implements AsyncDisposable {
   readonly #kv: Deno.Kv;
   readonly #now: () => number;

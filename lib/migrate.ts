@@ -23,7 +23,18 @@ export interface SchemaStatement {
   template: string;
 }
 
-/** Whether `version` is a modern server (23.3 or later): codecs, TTL and Native type conversion. */
+/**
+ * Whether `version` is a modern server (23.3 or later): codecs, TTL and Native type conversion.
+ *
+ * @example
+ * ```ts
+ * import { isModern } from "./migrate.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(isModern("18.16.1"), false);
+ * assert.equal(isModern("23.3.1.2823"), true);
+ * ```
+ */
 export function isModern(version: string): boolean {
   const [major = 0, minor = 0] = version.split(".").map(Number);
   return major > 23 || (major === 23 && minor >= 3);
@@ -54,7 +65,18 @@ export function resolveTemplate(
     .replace(/\/\*\+modern([\s\S]*?)\*\//g, (_, body: string) => modern ? body : "");
 }
 
-/** Reads the statements in `dir`, in file-name order. */
+/**
+ * Reads the statements in `dir`, in file-name order.
+ *
+ * @example
+ * ```ts
+ * import { readSchema } from "./migrate.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const statements = await readSchema();
+ * assert.equal(statements[0]?.object, "http_log");
+ * ```
+ */
 export async function readSchema(
   dir: URL = new URL("../schema/clickhouse/", import.meta.url),
 ): Promise<SchemaStatement[]> {

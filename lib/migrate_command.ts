@@ -29,7 +29,17 @@ CLICKHOUSE_PASSWORD, CLICKHOUSE_SPACING_MS, CLICKHOUSE_MARGIN_MS,
 CLICKHOUSE_TIMEOUT_MS, KV_PATH, LOG_LEVEL:
 ${settingsHelp()}`;
 
-/** Entry point of `anonymizer migrate`; resolves to the exit code. */
+/**
+ * Entry point of `anonymizer migrate`; resolves to the exit code.
+ *
+ * @example
+ * ```ts
+ * import { main } from "./migrate_command.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(await main(["--direct", "ftp://x"]), 2);
+ * ```
+ */
 export async function main(args: string[]): Promise<number> {
   const i = args.indexOf("--direct");
   const direct = i >= 0 ? args[i + 1] : undefined;

@@ -21,6 +21,16 @@ ${settingsHelp()}`;
 /**
  * Parses settings, or prints a one-line error and returns exit code 2.
  * Shared by the commands that take the service settings.
+ *
+ * @example
+ * ```ts
+ * import { configOrExit } from "./run_command.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const config = configOrExit(["--kafka-topic", "logs"], "usage");
+ * assert.equal(typeof config === "object" && config.kafkaTopic, "logs");
+ * assert.equal(configOrExit(["--clickhouse-timeout-ms", "x"], "usage"), 2);
+ * ```
  */
 export function configOrExit(args: string[], help: string): Config | number {
   if (args.includes("--help") || args.includes("-h")) {
@@ -38,7 +48,17 @@ export function configOrExit(args: string[], help: string): Config | number {
   }
 }
 
-/** Entry point of `anonymizer run`; resolves to the exit code. */
+/**
+ * Entry point of `anonymizer run`; resolves to the exit code.
+ *
+ * @example
+ * ```ts
+ * import { main } from "./run_command.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(await main(["--help"]), 0);
+ * ```
+ */
 export async function main(args: string[]): Promise<number> {
   const config = configOrExit(args, HELP);
   if (typeof config === "number") return config;
