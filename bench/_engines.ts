@@ -5,7 +5,7 @@
  * @module
  */
 import { AnonymizerError } from "../lib/errors.ts";
-import { isModern, readSchema, resolveTemplate } from "../lib/migrate.ts";
+import { isModern, type SqlRunner } from "../lib/migrate.ts";
 
 /** One ClickHouse engine the bench and tests run SQL on. */
 export interface Engine {
@@ -127,21 +127,19 @@ export async function openChdbEngine(
 }
 
 /**
- * Creates `database` and applies every schema file in name order, as migrate does, without
- * migrate's check for existing objects.
+ * Adapts `engine` to what {@linkcode migrate} needs, so the bench and tests
+ * create their tables with the product's own migration on either engine.
  *
  * @example Needs a server
  * ```ts ignore
- * import { applySchema, openHttpEngine } from "./_engines.ts";
+ * import { openHttpEngine, sqlRunner } from "./_engines.ts";
+ * import { migrate } from "../lib/migrate.ts";
  *
  * const engine = await openHttpEngine("http://127.0.0.1:8123");
- * await applySchema(engine, "scratch");
+ * await migrate(sqlRunner(engine), { database: "scratch" });
  * await engine.close();
  * ```
  */
-export async function applySchema(engine: Engine, database: string): Promise<void> {
-  await engine.run(`CREATE DATABASE IF NOT EXISTS ${database}`);
-  for (const statement of await readSchema()) {
-    await engine.run(resolveTemplate(statement.template, { database, version: engine.version }));
-  }
+export function sqlRunner(engine: Engine): SqlRunner {
+  return { query: async (sql) => (await engine.run(sql)).data };
 }

@@ -19,7 +19,8 @@
 import { parseArgs } from "node:util";
 import { AnonymizerError } from "../lib/errors.ts";
 import { bindQuery, type ParamValue, readDashboardQuery } from "../lib/dashboard_query.ts";
-import { applySchema, type Engine, openChdbEngine, openHttpEngine } from "./_engines.ts";
+import { type Engine, openChdbEngine, openHttpEngine, sqlRunner } from "./_engines.ts";
+import { migrate } from "../lib/migrate.ts";
 
 const TOTALS_VIEWS = ["http_log_totals_1m", "http_log_totals_resource_1h", "http_log_totals_ip_1h"];
 const DAY = 86_400;
@@ -194,7 +195,7 @@ async function benchOne(
 ) {
   const { database, runs } = options;
   await engine.run(`DROP DATABASE IF EXISTS ${database}`);
-  await applySchema(engine, database);
+  await migrate(sqlRunner(engine), { database });
   const now = Math.floor(Date.now() / 1000);
   const loadStarted = performance.now();
   // Chunks arrive in time order, each covering its share of the day, as the service inserts.

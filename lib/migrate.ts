@@ -11,6 +11,9 @@
 import { getLogger } from "@logtape/logtape";
 import type { ClickHouseClient } from "./clickhouse_client.ts";
 
+/** What {@linkcode migrate} needs of a connection: {@linkcode ClickHouseClient.query}. */
+export type SqlRunner = Pick<ClickHouseClient, "query">;
+
 const log = getLogger(["anonymizer", "migrate"]);
 
 /** One schema statement, read from `schema/clickhouse/NNN_name.sql`. */
@@ -139,7 +142,7 @@ export interface MigrateResult {
  * ```
  */
 export async function migrate(
-  client: ClickHouseClient,
+  client: SqlRunner,
   options: MigrateOptions = {},
 ): Promise<MigrateResult> {
   const database = options.database ?? "default";

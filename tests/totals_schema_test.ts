@@ -6,8 +6,9 @@
  */
 import assert from "node:assert/strict";
 import { bindQuery, type ParamValue, readDashboardQuery } from "../lib/dashboard_query.ts";
-import { applySchema, type Engine, openChdbEngine, openHttpEngine } from "../bench/_engines.ts";
+import { type Engine, openChdbEngine, openHttpEngine, sqlRunner } from "../bench/_engines.ts";
 import { CLICKHOUSE_URL, uniqueName } from "./_stack.ts";
+import { migrate } from "../lib/migrate.ts";
 
 /** 2023-11-14 22:00:00 UTC, an hour boundary. */
 const HOUR = 1_699_999_200;
@@ -142,8 +143,8 @@ async function assertDashboards(engine: Engine, database: string, copies: number
 }
 
 async function checkEngine(t: Deno.TestContext, engine: Engine, database: string) {
-  await t.step("applySchema() creates http_log and the totals views", async () => {
-    await applySchema(engine, database);
+  await t.step("migrate() creates http_log and the totals views", async () => {
+    await migrate(sqlRunner(engine), { database });
   });
   await t.step("one landed batch is summed by every totals view", async () => {
     await engine.run(insertStatement(database, 1));
