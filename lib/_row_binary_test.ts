@@ -93,6 +93,30 @@ Deno.test("encodeRows() and decodeRows() round-trip edge values", async (t) => {
     ]);
   });
 
+  await t.step("encodedRowLength() counts what encodeRows() writes", () => {
+    const strings = [
+      "",
+      "a",
+      "é",
+      "€",
+      "😀",
+      "\ud800",
+      "\udc00",
+      "a\ud800",
+      "\ud800a",
+      "\udc00\ud800",
+      "\ud83d\ude00\ud83d",
+      "é".repeat(64),
+      "€".repeat(43),
+      "😀".repeat(32),
+      "é".repeat(8_192),
+    ];
+    for (const s of strings) {
+      const r = row({ cacheStatus: s, method: s, remoteAddr: s, url: s });
+      assert.equal(encodedRowLength(r), encodeRows([r]).byteLength, JSON.stringify(s));
+    }
+  });
+
   await t.step("string lengths at varint boundaries", () => {
     const cases: Array<[length: number, lengthBytes: number]> = [
       [127, 1],
@@ -167,4 +191,19 @@ Deno.test("decodeRows() throws RangeError on truncated input", async (t) => {
     assert.equal(long[33], 0xac);
     assert.throws(() => decodeRows(long.subarray(0, 34)), RangeError);
   });
+});
+
+Deno.test("decodeRows() keeps a leading byte order mark", () => {
+  const row = {
+    timestamp: 1,
+    resourceId: 1n,
+    bytesSent: 1n,
+    requestTimeMilli: 1n,
+    responseStatus: 200,
+    cacheStatus: "HIT",
+    method: "GET",
+    remoteAddr: "1.2.3.X",
+    url: "\uFEFF/bom",
+  };
+  assert.equal(decodeRows(encodeRows([row]))[0]!.url, "\uFEFF/bom");
 });
