@@ -1,15 +1,17 @@
 /**
  * Helpers of the bad-input tests: raw Kafka produce and read-back, what
  * ClickHouse holds, the exactly-once check for rows whose addresses are not
- * all IPv4, and /metrics scraping.
+ * all IPv4, and sums over /metrics series.
  *
  * @module
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { CompressionTypes, Kafka, logLevel, Partitioners } from "kafkajs";
-import { clickhouseQuery, KAFKA_BROKERS } from "./_stack.ts";
-import { seededRandom, type StoredForm, type TestMessage } from "./_malformed.ts";
+import { CompressionTypes, Partitioners } from "kafkajs";
+import { clickhouseQuery, kafkaClient, withKafkaAdmin } from "./_stack.ts";
+import type { StoredForm, TestMessage } from "./_malformed.ts";
+import type { Scrape } from "./_pipeline.ts";
+import { seededRandom } from "./_seeded_random.ts";
 
 /** A message as produced: its test message, Kafka key, and where it landed. */
 export interface Produced {
@@ -37,10 +39,6 @@ export interface ReadMessage {
   headers: Record<string, string>;
 }
 
-function kafka(clientId: string): Kafka {
-  return new Kafka({ clientId, brokers: KAFKA_BROKERS.split(","), logLevel: logLevel.NOTHING });
-}
-
 /**
  * Produces `messages` to `topic` byte for byte, keyed `<keyPrefix><index>`, each to a
  * seeded random partition of `partitions`, in requests of at most
@@ -62,7 +60,7 @@ export async function produceRaw(
   const prefix = options.keyPrefix ?? "m-";
   const requestBytes = options.requestBytes ?? 700_000;
   const random = seededRandom(options.seed);
-  const producer = kafka("anonymizer-tests-raw").producer({
+  const producer = kafkaClient("anonymizer-tests-raw").producer({
     createPartitioner: Partitioners.DefaultPartitioner,
     allowAutoTopicCreation: false,
   });
@@ -109,37 +107,21 @@ export async function produceRaw(
   return produced;
 }
 
-/** Messages in `topic` (sum of high watermark minus low watermark over partitions). */
-export async function topicSize(topic: string): Promise<number> {
-  const admin = kafka("anonymizer-tests-admin").admin();
-  await admin.connect();
-  try {
-    const offsets = await admin.fetchTopicOffsets(topic);
-    return offsets.reduce((n, p) => n + Number(p.high) - Number(p.low), 0);
-  } finally {
-    await admin.disconnect();
-  }
-}
-
 /** Whether consumer group `group` has committed every partition of `topic` up to its high watermark. */
 export async function groupCaughtUp(group: string, topic: string): Promise<boolean> {
-  const admin = kafka("anonymizer-tests-admin").admin();
-  await admin.connect();
-  try {
+  return await withKafkaAdmin(async (admin) => {
     const high = await admin.fetchTopicOffsets(topic);
     const [committed] = await admin.fetchOffsets({ groupId: group, topics: [topic] });
     return high.every((p) => {
       const c = committed?.partitions.find((x) => x.partition === p.partition);
       return p.high === p.low || c?.offset === p.high;
     });
-  } finally {
-    await admin.disconnect();
-  }
+  }, { clientId: "anonymizer-tests-admin" });
 }
 
 /** Reads every message of `topic` below the high watermarks seen at the call. */
 export async function readTopic(topic: string, timeoutMs = 60_000): Promise<ReadMessage[]> {
-  const k = kafka("anonymizer-tests-reader");
+  const k = kafkaClient("anonymizer-tests-reader");
   const admin = k.admin();
   await admin.connect();
   let offsets;
@@ -276,23 +258,6 @@ export async function assertStoredExactly(
   assert.equal(rows.size, expected.length);
 }
 
-/** One scrape of /metrics: series (`name{labels}`) to value. */
-export type Scrape = Map<string, number>;
-
-/** Fetches and parses Prometheus text from `url`. */
-export async function scrapeMetrics(url: string): Promise<{ text: string; series: Scrape }> {
-  const res = await fetch(url, { signal: AbortSignal.timeout(10_000) });
-  const text = await res.text();
-  assert.equal(res.status, 200, `GET ${url} answered ${res.status}`);
-  const series: Scrape = new Map();
-  for (const line of text.split("\n")) {
-    if (line === "" || line.startsWith("#")) continue;
-    const m = /^(\S+?(?:\{.*\})?) (\S+)$/.exec(line);
-    if (m) series.set(m[1]!, Number(m[2]));
-  }
-  return { text, series };
-}
-
 /** Sum of every series of metric `name` (all label sets), 0 when absent. */
 export function metricSum(s: Scrape, name: string): number {
   let n = 0;
@@ -304,11 +269,4 @@ export function metricSum(s: Scrape, name: string): number {
 export function report(line: string): void {
   // deno-lint-ignore no-console -- the figures of a long end-to-end run are its evidence
   console.error(`  ${line}`);
-}
-
-/** A free TCP port on 127.0.0.1. */
-export function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  l.close();
-  return l.addr.port;
 }

@@ -8,6 +8,7 @@
  * @module
  */
 import { AnonymizerError } from "../lib/errors.ts";
+import { fillTemplate, freePort, readOrEmpty } from "./_stack.ts";
 
 const CONFIG_TEMPLATE = new URL("../stack/clickhouse-config.xml.tmpl", import.meta.url);
 const USERS_CONFIG = new URL("../stack/clickhouse-users.xml", import.meta.url);
@@ -237,15 +238,10 @@ class PrivateServer implements ClickHouseServer {
       users_config: USERS_CONFIG.pathname,
       format_schema_dir: SCHEMA_DIR.pathname,
     };
-    let text = this.#template;
-    for (const [key, value] of Object.entries(values)) text = text.replaceAll(`{{${key}}}`, value);
-    const left = text.match(/\{\{[a-z_]+\}\}/);
-    if (left !== null) {
-      throw new AnonymizerError(
-        `Cannot render stack/clickhouse-config.xml.tmpl as placeholder ${left[0]} has no value`,
-        { code: "test_clickhouse_failed" },
-      );
-    }
+    let text = fillTemplate(this.#template, values, {
+      name: "stack/clickhouse-config.xml.tmpl",
+      code: "test_clickhouse_failed",
+    });
     const ports = [
       [/<http_port>\d+<\/http_port>/, `<http_port>${this.httpHostPort.split(":")[1]}</http_port>`],
       [/<tcp_port>\d+<\/tcp_port>/, `<tcp_port>${this.tcpPort}</tcp_port>`],
@@ -260,20 +256,5 @@ class PrivateServer implements ClickHouseServer {
       text = text.replace(pattern, replacement);
     }
     return text;
-  }
-}
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  listener.close();
-  return listener.addr.port;
-}
-
-async function readOrEmpty(path: string): Promise<string> {
-  try {
-    return await Deno.readTextFile(path);
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return "";
-    throw err;
   }
 }

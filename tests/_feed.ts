@@ -8,7 +8,7 @@
  * request carries one partition's messages (record `i` goes to partition
  * `i % partitions`), so a retry is byte-for-byte the same request with the
  * same sequence number and the broker drops it if the first attempt landed.
- * {@linkcode topicMessageCount} lets a test check that premise.
+ * `topicMessageCount()` of tests/_stack.ts lets a test check that premise.
  *
  * @module
  */
@@ -177,20 +177,4 @@ export async function startFeed(
       return [...acked];
     },
   };
-}
-
-/** Messages in `topic` (sum over partitions of high minus low watermark). */
-export async function topicMessageCount(brokers: string, topic: string): Promise<number> {
-  const admin = new Kafka({
-    clientId: "anonymizer-tests-feed",
-    brokers: brokers.split(","),
-    logLevel: logLevel.NOTHING,
-  }).admin();
-  await admin.connect();
-  try {
-    const offsets = await admin.fetchTopicOffsets(topic);
-    return offsets.reduce((n, p) => n + Number(p.high) - Number(p.low), 0);
-  } finally {
-    await admin.disconnect();
-  }
 }

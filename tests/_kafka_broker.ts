@@ -10,6 +10,7 @@
  */
 import { Kafka, logLevel } from "kafkajs";
 import { AnonymizerError } from "../lib/errors.ts";
+import { createTopic, fillTemplate, freePort } from "./_stack.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const STACK_DIR = Deno.env.get("STACK_DIR") ?? `${ROOT}.stack`;
@@ -105,17 +106,11 @@ async function renderProperties(
       );
     }
   }
-  const text = template.replaceAll("{{data_dir}}", dataDir)
-    .replaceAll(TEMPLATE_BROKER, `127.0.0.1:${port}`)
+  return fillTemplate(template, { data_dir: dataDir }, {
+    name: PROPERTIES_TEMPLATE,
+    code: "test_kafka_failed",
+  }).replaceAll(TEMPLATE_BROKER, `127.0.0.1:${port}`)
     .replaceAll(TEMPLATE_CONTROLLER, `127.0.0.1:${controller}`);
-  const left = text.match(/\{\{[a-z_]+\}\}/);
-  if (left !== null) {
-    throw new AnonymizerError(
-      `Cannot render ${PROPERTIES_TEMPLATE} as placeholder ${left[0]} has no value`,
-      { code: "test_kafka_failed" },
-    );
-  }
-  return text;
 }
 
 /** `kafka-storage format` with a random cluster id, as scripts/stack.sh does on a first start. */
@@ -318,30 +313,8 @@ class Broker implements KafkaBroker {
     return text.split("\n").slice(-30).join("\n");
   }
 
-  async createTopic(name: string, partitions: number): Promise<string> {
-    const admin = new Kafka({
-      clientId: "anonymizer-tests",
-      brokers: [this.brokers],
-      logLevel: logLevel.NOTHING,
-    }).admin();
-    await admin.connect();
-    try {
-      const created = await admin.createTopics({
-        topics: [{ topic: name, numPartitions: partitions, replicationFactor: 1 }],
-        waitForLeaders: true,
-      });
-      if (!created) {
-        throw new AnonymizerError(
-          `Cannot create Kafka topic ${
-            JSON.stringify(name)
-          } on ${this.brokers} as it already exists`,
-          { code: "test_topic_exists" },
-        );
-      }
-    } finally {
-      await admin.disconnect();
-    }
-    return name;
+  createTopic(name: string, partitions: number): Promise<string> {
+    return createTopic(name, partitions, { brokers: this.brokers });
   }
 
   close(): Promise<void> {
@@ -354,10 +327,4 @@ class Broker implements KafkaBroker {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
-}
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  listener.close();
-  return listener.addr.port;
 }

@@ -11,17 +11,8 @@
  *
  * @module
  */
-import { Kafka, logLevel } from "kafkajs";
 import { AnonymizerError } from "../lib/errors.ts";
-import { KAFKA_BROKERS } from "./_stack.ts";
-
-function admin() {
-  return new Kafka({
-    clientId: "anonymizer-tests",
-    brokers: KAFKA_BROKERS.split(","),
-    logLevel: logLevel.NOTHING,
-  }).admin();
-}
+import { KAFKA_BROKERS, withKafkaAdmin } from "./_stack.ts";
 
 /** Committed offset of `group` and end offset (high watermark) of `topic`, per partition. */
 export interface PartitionOffsets {
@@ -35,9 +26,7 @@ export interface PartitionOffsets {
 
 /** The group's committed offsets next to the topic's end offsets, by partition. */
 export async function groupOffsets(topic: string, group: string): Promise<PartitionOffsets[]> {
-  const a = admin();
-  await a.connect();
-  try {
+  return await withKafkaAdmin(async (a) => {
     const [committed] = await a.fetchOffsets({ groupId: group, topics: [topic] });
     const ends = await a.fetchTopicOffsets(topic);
     return ends.map((e) => ({
@@ -47,21 +36,13 @@ export async function groupOffsets(topic: string, group: string): Promise<Partit
       ),
       end: Number(e.high),
     })).sort((x, y) => x.partition - y.partition);
-  } finally {
-    await a.disconnect();
-  }
+  });
 }
 
 /** Member ids of `group`, as the coordinator sees them. */
 export async function groupMembers(group: string): Promise<string[]> {
-  const a = admin();
-  await a.connect();
-  try {
-    const { groups } = await a.describeGroups([group]);
-    return groups[0]?.members.map((m) => m.memberId) ?? [];
-  } finally {
-    await a.disconnect();
-  }
+  const { groups } = await withKafkaAdmin((a) => a.describeGroups([group]));
+  return groups[0]?.members.map((m) => m.memberId) ?? [];
 }
 
 /**

@@ -9,6 +9,7 @@
  */
 import { encodeRecord } from "../lib/encode_record.ts";
 import type { HttpLogRecord } from "../lib/types.ts";
+import { seededRandom } from "./_seeded_random.ts";
 
 /** A row as ClickHouse must hold it (the columns anonymizer writes, `batch_id` aside). */
 export interface StoredForm {
@@ -74,18 +75,6 @@ const DAY_MS = 86_400_000;
 const MARKER = "[truncated]";
 const MAX_URL_BYTES = 8192;
 const encoder = new TextEncoder();
-
-/** mulberry32: small and seeded. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A valid record: GET, HIT, status 200, an IPv4 address unique to `ctx.index`. */
 function baseRecord(ctx: BuildContext): HttpLogRecord {

@@ -1,8 +1,9 @@
 /**
  * Harness for end-to-end tests of the pipeline on the real stack: each test
  * gets its own topic, consumer group, ClickHouse database, KV file and
- * private ch-proxy, and runs the service in-process or as a child process
- * (so it can be killed with SIGKILL).
+ * private ch-proxy (on the shared Kafka and ClickHouse, or on private ones),
+ * and runs the service in-process or as a child process whose log it follows
+ * live (so it can be signalled at a precise moment, or killed with SIGKILL).
  *
  * @module
  */
@@ -17,6 +18,7 @@ import {
   CLICKHOUSE_URL,
   clickhouseQuery,
   createTopic,
+  freePort,
   KAFKA_BROKERS,
   startProxy,
   type StartProxyOptions,
@@ -48,14 +50,39 @@ export interface World extends AsyncDisposable {
   close(): Promise<void>;
 }
 
+/** ClickHouse a world's database lives in, when it is not the shared stack's. */
+export interface WorldClickHouse {
+  /** HTTP endpoint, e.g. `"http://127.0.0.1:40123"`. */
+  readonly url: string;
+  /**
+   * Whether the server runs; while it does not, closing the world leaves the
+   * database to the server's own cleanup. Default: `true`.
+   */
+  readonly running?: boolean;
+}
+
 /** Options of {@linkcode createWorld}. */
 export interface WorldOptions {
-  /** Proxy options. Default: `{ rate: "120r/m" }` (one request per 500 ms). */
+  /** Proxy options. Default: `{ rate: "120r/m" }` (one request per 500 ms) in front of the world's ClickHouse. */
   proxy?: StartProxyOptions;
   /** Spacing the service assumes, ms. Default: derived from the proxy rate. */
   spacingMs?: number;
   /** Extra service settings. Default: none. */
   env?: Record<string, string>;
+  /** Prefix of the topic, database and temp folder names. Default: `"e2e"`. */
+  prefix?: string;
+  /**
+   * Kafka bootstrap brokers the topics are created on and the service reads,
+   * comma-separated, e.g. a private broker's (tests/_kafka_broker.ts).
+   * Default: {@linkcode KAFKA_BROKERS}.
+   */
+  brokers?: string;
+  /**
+   * ClickHouse the database is migrated into and the proxy forwards to, e.g.
+   * a private server (tests/_clickhouse_server.ts) a test stops and starts.
+   * Default: the shared stack's, {@linkcode CLICKHOUSE_URL}.
+   */
+  clickhouse?: WorldClickHouse;
 }
 
 /** Spacing nginx enforces for a `limit_req` rate such as `"120r/m"`: 1000 / floor(rate·1000/period) s. */
@@ -72,16 +99,19 @@ export function spacingFor(rate: string): number {
 
 /** Sets up a fresh topic, database and proxy. */
 export async function createWorld(options: WorldOptions = {}): Promise<World> {
-  const proxyOptions = { rate: "120r/m", ...options.proxy };
-  const topic = await createTopic(uniqueName("e2e"), 3);
-  const dlqTopic = await createTopic(`${topic}_dlq`, 1);
-  const database = uniqueName("e2e");
-  await migrate(new ClickHouseClient(CLICKHOUSE_URL), { database });
+  const prefix = options.prefix ?? "e2e";
+  const brokers = options.brokers ?? KAFKA_BROKERS;
+  const clickhouse = options.clickhouse ?? { url: CLICKHOUSE_URL };
+  const proxyOptions = { rate: "120r/m", upstream: new URL(clickhouse.url).host, ...options.proxy };
+  const topic = await createTopic(uniqueName(prefix), 3, { brokers });
+  const dlqTopic = await createTopic(`${topic}_dlq`, 1, { brokers });
+  const database = uniqueName(prefix);
+  await migrate(new ClickHouseClient(clickhouse.url), { database });
   const proxy = await startProxy(proxyOptions);
   const spacingMs = options.spacingMs ?? spacingFor(proxyOptions.rate);
-  const dir = await Deno.makeTempDir({ prefix: "anonymizer-e2e-" });
+  const dir = await Deno.makeTempDir({ prefix: `anonymizer-${prefix}-` });
   const env: Record<string, string> = {
-    KAFKA_BROKERS,
+    KAFKA_BROKERS: brokers,
     KAFKA_TOPIC: topic,
     KAFKA_DLQ_TOPIC: dlqTopic,
     KAFKA_GROUP_ID: `${topic}_group`,
@@ -105,7 +135,9 @@ export async function createWorld(options: WorldOptions = {}): Promise<World> {
     env,
     async close() {
       await proxy.close();
-      await clickhouseQuery(`DROP DATABASE IF EXISTS ${database}`);
+      if (clickhouse.running !== false) {
+        await clickhouseQuery(`DROP DATABASE IF EXISTS ${database}`, { url: clickhouse.url });
+      }
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     },
     [Symbol.asyncDispose]() {
@@ -126,7 +158,7 @@ export async function produceRecords(
   options: Omit<ProduceOptions, "topic"> & { count: number; seed: number },
 ): Promise<{ records: HttpLogRecord[]; summary: ProduceSummary }> {
   const now = options.now ?? Date.now();
-  const summary = await produce(KAFKA_BROKERS.split(","), {
+  const summary = await produce(world.env.KAFKA_BROKERS!.split(","), {
     rate: 0,
     distinctResourceIds: true,
     ...options,
@@ -143,28 +175,98 @@ export async function produceRecords(
   return { records, summary };
 }
 
-/** A service running as a child process (`deno run main.ts run` with the service's permissions). */
-export interface ServiceProcess {
-  /** The child. */
-  child: Deno.ChildProcess;
-  /** Path of the file collecting its stdout and stderr. */
-  logPath: string;
-  /** Resolves when the log shows `pattern`. */
-  waitForLog(pattern: RegExp, timeoutMs?: number): Promise<string>;
-  /** Sends `signal` and waits for the exit status. */
-  kill(signal?: Deno.Signal): Promise<Deno.CommandStatus>;
+/** Options of {@linkcode spawnService}. */
+export interface SpawnServiceOptions {
+  /** Settings on top of the world's, e.g. another `KV_PATH`. Default: none. */
+  overrides?: Record<string, string>;
+  /** Names the child in messages and its log, `<world.dir>/<name>.log`. Default: `"service"`. */
+  name?: string;
+  /**
+   * Serves /metrics on a free loopback port (sets `METRICS_LISTEN` over
+   * `overrides`), for {@linkcode ServiceProcess.scrape} and
+   * {@linkcode ServiceProcess.metric}. Default: `false`, the world's setting.
+   */
+  metrics?: boolean;
+  /** Extra `deno run` flags, e.g. `--v8-flags=--max-old-space-size=96`. Default: none. */
+  denoFlags?: string[];
+  /** Called with every complete line of output (stdout or stderr) as it arrives. Default: none. */
+  onLine?: (line: string) => void;
 }
 
-/** Starts the service as a child process with the world's settings plus `overrides`. */
+/** A match of {@linkcode ServiceProcess.waitForLog}. */
+export interface LogMatch {
+  /** The match. */
+  match: RegExpExecArray;
+  /** Index in the log just past the match, to wait for a later line `from` there. */
+  end: number;
+  /** When it was seen (ms since the epoch). */
+  seenAt: number;
+}
+
+/**
+ * A service running as a child process (`deno run main.ts run` with the
+ * service's permissions), its output kept in memory as it arrives and
+ * written through to a log file.
+ */
+export interface ServiceProcess {
+  /** Name given at spawn; the log is `<world.dir>/<name>.log`. */
+  readonly name: string;
+  /** The child. */
+  readonly child: Deno.ChildProcess;
+  /** Path of the file collecting its stdout and stderr. */
+  readonly logPath: string;
+  /** When it was spawned (ms since the epoch). */
+  readonly spawnedAt: number;
+  /** `host:port` of its /metrics listener when spawned with `metrics: true`, else `null`. */
+  readonly metricsAddr: string | null;
+  /** Everything it wrote so far. */
+  log(): string;
+  /**
+   * Resolves with the first match of `pattern` in the log at or after
+   * character `from` (default 0) and the time it was seen; rejects after
+   * `timeoutMs` (default 60 s) or when the process exits without it.
+   */
+  waitForLog(pattern: RegExp, options?: { from?: number; timeoutMs?: number }): Promise<LogMatch>;
+  /** Resolves with the exit status, once its output is drained. */
+  readonly exited: Promise<Deno.CommandStatus>;
+  /** Whether it has exited and its output is drained. */
+  readonly hasExited: boolean;
+  /** Sends `signal` (default SIGKILL) unless it already exited, then waits for the exit status. */
+  kill(signal?: Deno.Signal): Promise<Deno.CommandStatus>;
+  /** Scrapes its /metrics (see {@linkcode scrapeMetrics}); rejects unless spawned with `metrics: true`. */
+  scrape(): Promise<{ text: string; series: Scrape }>;
+  /** One unlabelled gauge or counter of its /metrics, `null` when absent. */
+  metric(name: string): Promise<number | null>;
+}
+
+/**
+ * Starts the service as a child process with the world's settings plus
+ * `options.overrides`, and follows its log live.
+ *
+ * @example Wait for a log line, then stop it
+ * ```ts ignore
+ * import { createWorld, spawnService } from "./_pipeline.ts";
+ *
+ * await using world = await createWorld();
+ * const service = await spawnService(world, { name: "a", metrics: true });
+ * await service.waitForLog(/Joined group/);
+ * console.log(await service.metric("anonymizer_queue_rows"));
+ * await service.kill("SIGTERM");
+ * ```
+ */
 export async function spawnService(
   world: World,
-  options: { overrides?: Record<string, string>; name?: string } = {},
+  options: SpawnServiceOptions = {},
 ): Promise<ServiceProcess> {
-  const logPath = `${world.dir}/${options.name ?? "service"}.log`;
+  const name = options.name ?? "service";
+  const logPath = `${world.dir}/${name}.log`;
+  const metricsAddr = options.metrics ? `127.0.0.1:${freePort()}` : null;
   const file = await Deno.open(logPath, { create: true, append: true, write: true });
   const child = new Deno.Command(Deno.execPath(), {
+    // The service's permissions, as `deno task run` grants them.
     args: [
       "run",
+      ...(options.denoFlags ?? []),
       "--allow-net",
       "--allow-read",
       "--allow-write",
@@ -174,54 +276,174 @@ export async function spawnService(
       "run",
     ],
     cwd: ROOT,
-    env: { ...world.env, ...options.overrides, NO_COLOR: "1" },
+    env: {
+      ...world.env,
+      ...options.overrides,
+      ...(metricsAddr === null ? {} : { METRICS_LISTEN: metricsAddr }),
+      NO_COLOR: "1",
+    },
     clearEnv: false,
+    stdin: "null",
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  // FsFile.writable buffers 64 KiB until close (Deno 2.7+), which would hide
-  // the log from waitForLog while the child runs: write through instead.
+  const spawnedAt = Date.now();
+  let text = "";
+  let done = false;
+  const watchers = new Set<() => void>();
+  const notify = () => {
+    for (const w of [...watchers]) w();
+  };
+  // FsFile.writable buffers 64 KiB until close (Deno 2.7+), which would keep
+  // the file behind the child's output: write each chunk through instead.
   let writing = Promise.resolve();
   const pump = async (stream: ReadableStream<Uint8Array>) => {
+    const decoder = new TextDecoder();
+    let partial = "";
     for await (const chunk of stream) {
       writing = writing.then(async () => {
         for (let off = 0; off < chunk.byteLength;) off += await file.write(chunk.subarray(off));
       });
-      await writing;
+      const piece = decoder.decode(chunk, { stream: true });
+      text += piece;
+      if (options.onLine !== undefined) {
+        const lines = (partial + piece).split("\n");
+        partial = lines.pop()!;
+        for (const line of lines) options.onLine(line);
+      }
+      notify();
     }
   };
-  const pumped = Promise.all([pump(child.stdout), pump(child.stderr)]).finally(async () => {
+  const pumped = Promise.all([pump(child.stdout), pump(child.stderr)]);
+  const exited = (async () => {
+    const status = await child.status;
+    await pumped;
     await writing;
     file.close();
-  });
-  const readLog = () => Deno.readTextFile(logPath);
+    done = true;
+    notify();
+    return status;
+  })();
+  const scrape = () =>
+    metricsAddr === null
+      ? Promise.reject(
+        new Error(`Cannot scrape ${name} as it was spawned without metrics: true`),
+      )
+      : scrapeMetrics(`http://${metricsAddr}/metrics`);
+
   return {
+    name,
     child,
     logPath,
-    async waitForLog(pattern, timeoutMs = 60_000) {
-      const deadline = Date.now() + timeoutMs;
-      while (Date.now() < deadline) {
-        const m = pattern.exec(await readLog());
-        if (m) return m[0];
-        await delay(100);
-      }
-      throw new Error(
-        `Cannot find ${pattern} in ${logPath} within ${timeoutMs} ms:\n${
-          (await readLog()).slice(-3000)
-        }`,
+    spawnedAt,
+    metricsAddr,
+    log: () => text,
+    exited,
+    get hasExited() {
+      return done;
+    },
+    waitForLog(pattern, opts = {}) {
+      const from = opts.from ?? 0;
+      const timeoutMs = opts.timeoutMs ?? 60_000;
+      const re = new RegExp(
+        pattern.source,
+        pattern.flags.includes("g") ? pattern.flags : pattern.flags + "g",
       );
+      return new Promise((resolve, reject) => {
+        const check = () => {
+          re.lastIndex = from;
+          const match = re.exec(text);
+          if (match !== null) {
+            finish();
+            resolve({ match, end: match.index + match[0].length, seenAt: Date.now() });
+          } else if (done) {
+            finish();
+            reject(
+              new Error(
+                `${name} exited without logging ${pattern}; its log ends:\n${text.slice(-3000)}`,
+              ),
+            );
+          }
+        };
+        const timer = setTimeout(() => {
+          finish();
+          reject(
+            new Error(
+              `Cannot find ${pattern} in the log of ${name} within ${timeoutMs} ms:\n${
+                text.slice(-3000)
+              }`,
+            ),
+          );
+        }, timeoutMs);
+        const finish = () => {
+          clearTimeout(timer);
+          watchers.delete(check);
+        };
+        watchers.add(check);
+        check();
+      });
     },
     async kill(signal: Deno.Signal = "SIGKILL") {
-      try {
-        child.kill(signal);
-      } catch {
-        // Already exited.
+      if (!done) {
+        try {
+          child.kill(signal);
+        } catch {
+          // Exited meanwhile.
+        }
       }
-      const status = await child.status;
-      await pumped;
-      return status;
+      return await exited;
+    },
+    scrape,
+    async metric(metric) {
+      return (await scrape()).series.get(metric) ?? null;
     },
   };
+}
+
+/** Stops `service` with SIGTERM and asserts it exits with code 0 after logging "Stopped cleanly". */
+export async function assertStopsCleanly(service: ServiceProcess): Promise<void> {
+  const status = await service.kill("SIGTERM");
+  assert.equal(
+    status.code,
+    0,
+    `${service.name} exit code; its log ends:\n${service.log().slice(-3000)}`,
+  );
+  assert.match(service.log(), /Stopped cleanly/);
+}
+
+/** One scrape of /metrics: series (`name` or `name{labels}`) to value. */
+export type Scrape = Map<string, number>;
+
+/** Fetches and parses Prometheus text from `url`; asserts it answered 200. */
+export async function scrapeMetrics(url: string): Promise<{ text: string; series: Scrape }> {
+  const res = await fetch(url, { signal: AbortSignal.timeout(10_000) });
+  const text = await res.text();
+  assert.equal(res.status, 200, `GET ${url} answered ${res.status}`);
+  const series: Scrape = new Map();
+  for (const line of text.split("\n")) {
+    if (line === "" || line.startsWith("#")) continue;
+    const m = /^(\S+?(?:\{.*\})?) (\S+)$/.exec(line);
+    if (m) series.set(m[1]!, Number(m[2]));
+  }
+  return { text, series };
+}
+
+/** Matches a "Joined group" log line; group 1 is its partition list (`0,1,2` or `none`). */
+export const JOINED_GROUP: RegExp = /Joined group \S+ with partitions "?([\d,]+|none)"?/;
+
+/** The partitions of a {@linkcode JOINED_GROUP} match's list: `"0,2"` → `[0, 2]`, `"none"` → `[]`. */
+export function partitionsOf(list: string): number[] {
+  return list === "none" ? [] : list.split(",").map(Number);
+}
+
+/** Partition sets of every "Joined group" line in `log`, oldest first. */
+export function joinedPartitions(log: string): number[][] {
+  return [...log.matchAll(new RegExp(JOINED_GROUP, "g"))].map((m) => partitionsOf(m[1]!));
+}
+
+/** Rows of every "Flushed batch" line in `log`. */
+export function flushedRows(log: string): number[] {
+  return [...log.matchAll(/Flushed batch \S+: (\d+) rows/g)].map((m) => Number(m[1]));
 }
 
 /** Resolves after `ms`. */
@@ -229,9 +451,20 @@ export function delay(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
+/** Options of {@linkcode storedCount} and {@linkcode waitForRows}. */
+export interface StoredCountOptions {
+  /** ClickHouse HTTP endpoint holding the database. Default: {@linkcode CLICKHOUSE_URL}. */
+  url?: string;
+}
+
 /** Row count of `http_log` in `database` (direct to ClickHouse, no proxy). */
-export async function storedCount(database: string): Promise<number> {
-  return Number((await clickhouseQuery(`SELECT count() FROM ${database}.http_log`)).trim());
+export async function storedCount(
+  database: string,
+  options: StoredCountOptions = {},
+): Promise<number> {
+  return Number(
+    (await clickhouseQuery(`SELECT count() FROM ${database}.http_log`, options)).trim(),
+  );
 }
 
 /** Polls until `http_log` holds at least `expected` rows, reporting progress. */
@@ -239,12 +472,13 @@ export async function waitForRows(
   database: string,
   expected: number,
   timeoutMs = 300_000,
+  options: StoredCountOptions = {},
 ): Promise<number> {
   const deadline = Date.now() + timeoutMs;
   let n = 0;
   let reported = 0;
   while (Date.now() < deadline) {
-    n = await storedCount(database);
+    n = await storedCount(database, options);
     if (n >= expected) return n;
     if (Date.now() - reported > 15_000) {
       reported = Date.now();
@@ -254,6 +488,31 @@ export async function waitForRows(
     await delay(500);
   }
   return n;
+}
+
+/**
+ * Polls `check` every 250 ms until it returns a value other than
+ * `undefined`, and returns that value; throws after `timeoutMs` (default
+ * 120 s). Every 15 s a line on stderr says what it still waits for.
+ */
+export async function until<T>(
+  what: string,
+  check: () => T | undefined | Promise<T | undefined>,
+  timeoutMs = 120_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let reported = Date.now();
+  for (;;) {
+    const v = await check();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`Cannot see ${what} within ${timeoutMs} ms`);
+    if (Date.now() - reported > 15_000) {
+      reported = Date.now();
+      // deno-lint-ignore no-console -- progress of a long wait, for whoever watches the test
+      console.error(`  … still waiting for ${what}`);
+    }
+    await delay(250);
+  }
 }
 
 /**

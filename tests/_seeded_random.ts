@@ -1,5 +1,7 @@
 /**
- * A small seeded PRNG so fault tests can print their seed and be replayed.
+ * The one seeded PRNG of the tests: fault tests print their seed so a run can
+ * be replayed, and generated inputs (malformed messages, fuzz cases) come out
+ * the same for the same seed.
  *
  * @module
  */
@@ -13,7 +15,17 @@ export function faultSeed(): number {
 
 /**
  * mulberry32: returns a function yielding floats in [0, 1), the same
- * sequence for the same seed.
+ * sequence for the same seed. Small, and good enough to spread test inputs.
+ *
+ * @example
+ * ```ts
+ * import { seededRandom } from "./_seeded_random.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const a = seededRandom(7);
+ * const b = seededRandom(7);
+ * assert.equal(a(), b());
+ * ```
  */
 export function seededRandom(seed: number): () => number {
   let a = seed >>> 0;

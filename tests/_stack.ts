@@ -2,12 +2,15 @@
  * Helpers for integration tests against the real local stack started by
  * `deno task stack:up` (Kafka, ClickHouse 18.16 and ch-proxy on 127.0.0.1):
  * its endpoints, a private ch-proxy per test, direct ClickHouse queries and
- * per-test Kafka topics.
+ * per-test Kafka topics; also what every private server of the tests
+ * (ch-proxy here, tests/_clickhouse_server.ts, tests/_kafka_broker.ts) needs:
+ * stack templates filled the way scripts/stack.sh fills them, free loopback
+ * ports, and Kafka clients on any broker list.
  *
  * @module
  */
 
-import { Kafka, logLevel } from "kafkajs";
+import { type Admin, Kafka, logLevel } from "kafkajs";
 import { AnonymizerError } from "../lib/errors.ts";
 
 /** Kafka bootstrap brokers, comma-separated. Env `TEST_KAFKA_BROKERS`. Default: `"127.0.0.1:9092"`. */
@@ -116,7 +119,7 @@ async function startNginx(
   const accessLogPath = `${dir}/access.log`;
   await Deno.writeTextFile(
     conf,
-    render(template, {
+    fillTemplate(template, {
       listen: `127.0.0.1:${port}`,
       upstream: options.upstream ?? new URL(CLICKHOUSE_URL).host,
       rate: options.rate ?? "1r/m",
@@ -126,7 +129,7 @@ async function startNginx(
       client_max_body_size: options.clientMaxBodySize === undefined
         ? ""
         : `client_max_body_size ${options.clientMaxBodySize};`,
-    }),
+    }, { name: "stack/nginx.conf.tmpl", code: "test_proxy_failed" }),
   );
   let child: Deno.ChildProcess;
   try {
@@ -185,27 +188,66 @@ async function startNginx(
   };
 }
 
-/** Fills `{{key}}` placeholders the way scripts/stack.sh does, refusing leftovers. */
-function render(template: string, values: Record<string, string>): string {
+/** Options of {@linkcode fillTemplate}. */
+export interface FillTemplateOptions {
+  /** The template's name in the error, e.g. `"stack/nginx.conf.tmpl"`. Required. */
+  name: string;
+  /** `code` of the error thrown for a leftover placeholder. Required. */
+  code: string;
+}
+
+/**
+ * Fills `{{key}}` placeholders of a stack/ template the way scripts/stack.sh
+ * does, and refuses a placeholder left without a value, so a template that
+ * grew a setting fails loudly instead of starting a half-configured server.
+ *
+ * @example
+ * ```ts
+ * import { fillTemplate } from "./_stack.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const options = { name: "x.tmpl", code: "test_failed" };
+ * assert.equal(fillTemplate("listen {{listen}};", { listen: "127.0.0.1:1" }, options), "listen 127.0.0.1:1;");
+ * assert.throws(() => fillTemplate("{{rate}}", {}, options), /placeholder \{\{rate\}\} has no value/);
+ * ```
+ */
+export function fillTemplate(
+  template: string,
+  values: Record<string, string>,
+  options: FillTemplateOptions,
+): string {
   let text = template;
   for (const [key, value] of Object.entries(values)) text = text.replaceAll(`{{${key}}}`, value);
   const left = text.match(/\{\{[a-z_]+\}\}/);
   if (left !== null) {
     throw new AnonymizerError(
-      `Cannot render stack/nginx.conf.tmpl as placeholder ${left[0]} has no value`,
-      { code: "test_proxy_failed" },
+      `Cannot render ${options.name} as placeholder ${left[0]} has no value`,
+      { code: options.code },
     );
   }
   return text;
 }
 
-function freePort(): number {
+/**
+ * A free TCP port on 127.0.0.1: free when asked, so another process may take
+ * it before the caller binds it (the servers started here retry on that).
+ *
+ * @example
+ * ```ts
+ * import { freePort } from "./_stack.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.ok(freePort() > 0);
+ * ```
+ */
+export function freePort(): number {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   listener.close();
   return listener.addr.port;
 }
 
-async function readOrEmpty(path: string): Promise<string> {
+/** The text of the file at `path`, or `""` while it does not exist (e.g. a log not written yet). */
+export async function readOrEmpty(path: string): Promise<string> {
   try {
     return await Deno.readTextFile(path);
   } catch (err) {
@@ -296,10 +338,71 @@ export function uniqueName(prefix: string): string {
   return `${prefix}_${Date.now().toString(36)}_${crypto.randomUUID().slice(0, 8)}`;
 }
 
+/** Options of {@linkcode kafkaClient}, {@linkcode createTopic} and {@linkcode topicMessageCount}. */
+export interface KafkaTestOptions {
+  /** Bootstrap brokers, comma-separated. Default: {@linkcode KAFKA_BROKERS}, the shared stack's. */
+  brokers?: string;
+}
+
+/** Options of {@linkcode withKafkaAdmin}. */
+export interface KafkaAdminOptions extends KafkaTestOptions {
+  /** Kafka client id. Default: `"anonymizer-tests"`. */
+  clientId?: string;
+}
+
 /**
- * Creates Kafka topic `name` on {@linkcode KAFKA_BROKERS} with one replica
- * and waits for its partition leaders. Throws if it already exists, so two
- * tests never share a topic by accident. Returns `name`.
+ * A kafkajs client of the tests on {@linkcode KAFKA_BROKERS} (or
+ * `options.brokers`), with kafkajs's own logging off: a test reports what it
+ * sees itself.
+ *
+ * @example
+ * ```ts
+ * import { kafkaClient } from "./_stack.ts";
+ *
+ * const admin = kafkaClient("anonymizer-tests").admin();
+ * await admin.connect();
+ * await admin.disconnect();
+ * ```
+ */
+export function kafkaClient(clientId: string, options: KafkaTestOptions = {}): Kafka {
+  return new Kafka({
+    clientId,
+    brokers: (options.brokers ?? KAFKA_BROKERS).split(","),
+    logLevel: logLevel.NOTHING,
+  });
+}
+
+/**
+ * Runs `fn` with a connected kafkajs admin client of
+ * {@linkcode kafkaClient}, and disconnects it afterwards whatever happens.
+ *
+ * @example
+ * ```ts
+ * import { withKafkaAdmin } from "./_stack.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const cluster = await withKafkaAdmin((admin) => admin.describeCluster());
+ * assert.ok(cluster.brokers.length > 0);
+ * ```
+ */
+export async function withKafkaAdmin<T>(
+  fn: (admin: Admin) => Promise<T>,
+  options: KafkaAdminOptions = {},
+): Promise<T> {
+  const admin = kafkaClient(options.clientId ?? "anonymizer-tests", options).admin();
+  await admin.connect();
+  try {
+    return await fn(admin);
+  } finally {
+    await admin.disconnect();
+  }
+}
+
+/**
+ * Creates Kafka topic `name` on {@linkcode KAFKA_BROKERS} (or
+ * `options.brokers`, e.g. a private broker's) with one replica and waits for
+ * its partition leaders. Throws if it already exists, so two tests never
+ * share a topic by accident. Returns `name`.
  *
  * @example A fresh topic for one test
  * ```ts
@@ -310,26 +413,44 @@ export function uniqueName(prefix: string): string {
  * assert.match(topic, /^example_/);
  * ```
  */
-export async function createTopic(name: string, partitions: number): Promise<string> {
-  const admin = new Kafka({
-    clientId: "anonymizer-tests",
-    brokers: KAFKA_BROKERS.split(","),
-    logLevel: logLevel.NOTHING,
-  }).admin();
-  await admin.connect();
-  try {
-    const created = await admin.createTopics({
+export async function createTopic(
+  name: string,
+  partitions: number,
+  options: KafkaTestOptions = {},
+): Promise<string> {
+  const created = await withKafkaAdmin((admin) =>
+    admin.createTopics({
       topics: [{ topic: name, numPartitions: partitions, replicationFactor: 1 }],
       waitForLeaders: true,
-    });
-    if (!created) {
-      throw new AnonymizerError(
-        `Cannot create Kafka topic ${JSON.stringify(name)} as it already exists: use uniqueName()`,
-        { code: "test_topic_exists" },
-      );
-    }
-  } finally {
-    await admin.disconnect();
+    }), options);
+  if (!created) {
+    throw new AnonymizerError(
+      `Cannot create Kafka topic ${JSON.stringify(name)} on ${
+        options.brokers ?? KAFKA_BROKERS
+      } as it already exists: use uniqueName()`,
+      { code: "test_topic_exists" },
+    );
   }
   return name;
+}
+
+/**
+ * Messages in `topic` on {@linkcode KAFKA_BROKERS} (or `options.brokers`):
+ * the sum over partitions of high minus low watermark.
+ *
+ * @example
+ * ```ts
+ * import { createTopic, topicMessageCount, uniqueName } from "./_stack.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const topic = await createTopic(uniqueName("example"), 1);
+ * assert.equal(await topicMessageCount(topic), 0);
+ * ```
+ */
+export async function topicMessageCount(
+  topic: string,
+  options: KafkaTestOptions = {},
+): Promise<number> {
+  const offsets = await withKafkaAdmin((admin) => admin.fetchTopicOffsets(topic), options);
+  return offsets.reduce((n, p) => n + Number(p.high) - Number(p.low), 0);
 }

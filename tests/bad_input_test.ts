@@ -9,6 +9,7 @@ import { messageToRow } from "../lib/message_to_row.ts";
 import { startService } from "../lib/service.ts";
 import { syntheticRecords } from "../lib/synthetic_records.ts";
 import { createWorld, storedCount, worldConfig } from "./_pipeline.ts";
+import { topicMessageCount } from "./_stack.ts";
 import {
   BUILDERS,
   goodMessages,
@@ -25,7 +26,6 @@ import {
   readTopic,
   report,
   storedRows,
-  topicSize,
   waitUntil,
 } from "./_bad_input.ts";
 
@@ -86,12 +86,12 @@ Deno.test({
         const done = await waitUntil(
           async () =>
             await storedCount(world.database) >= expectStored.length &&
-            await topicSize(world.dlqTopic) >= expectDead.length,
+            await topicMessageCount(world.dlqTopic) >= expectDead.length,
           240_000,
         );
         report(
           `  handled in ${Math.round(performance.now() - started)} ms: ` +
-            `${await storedCount(world.database)} stored, ${await topicSize(
+            `${await storedCount(world.database)} stored, ${await topicMessageCount(
               world.dlqTopic,
             )} dead letters`,
         );
@@ -106,7 +106,7 @@ Deno.test({
 
     await t.step("exact counts: ClickHouse and the dead-letter topic", async () => {
       assert.equal(await storedCount(world.database), expectStored.length);
-      assert.equal(await topicSize(world.dlqTopic), expectDead.length);
+      assert.equal(await topicMessageCount(world.dlqTopic), expectDead.length);
     });
 
     let letters: ReadMessage[] = [];
@@ -223,19 +223,19 @@ Deno.test({
           const done = await waitUntil(
             async () =>
               await storedCount(world.database) >= good.length &&
-              await topicSize(world.dlqTopic) >= burst.length,
+              await topicMessageCount(world.dlqTopic) >= burst.length,
             60_000,
           );
           report(
             `after ${Math.round(performance.now() - started)} ms: ${await storedCount(
               world.database,
             )} ` +
-              `stored, ${await topicSize(world.dlqTopic)} dead letters, consumer joined: ` +
+              `stored, ${await topicMessageCount(world.dlqTopic)} dead letters, consumer joined: ` +
               `${service.status().source.joined}`,
           );
           assert.ok(done, "within 60 s");
           assert.equal(await storedCount(world.database), good.length);
-          assert.equal(await topicSize(world.dlqTopic), burst.length);
+          assert.equal(await topicMessageCount(world.dlqTopic), burst.length);
         },
       );
     } finally {

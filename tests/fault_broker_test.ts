@@ -4,66 +4,21 @@
  * the restart; the shared one is never touched.
  */
 import assert from "node:assert/strict";
-import { ClickHouseClient } from "../lib/clickhouse_client.ts";
-import { migrate } from "../lib/migrate.ts";
 import type { HttpLogRecord } from "../lib/types.ts";
-import { keepLog, progress, startFeed, topicMessageCount } from "./_feed.ts";
-import { type KafkaBroker, startKafkaBroker } from "./_kafka_broker.ts";
+import { keepLog, progress, startFeed } from "./_feed.ts";
+import { startKafkaBroker } from "./_kafka_broker.ts";
 import {
   assertExactlyOnce,
+  assertStopsCleanly,
+  createWorld,
   delay,
-  spacingFor,
+  flushedRows,
+  joinedPartitions,
+  spawnService,
   storedCount,
   waitForRows,
-  type World,
 } from "./_pipeline.ts";
-import { flushedRows, joinedPartitions, spawnServiceChild } from "./_service_process.ts";
-import { CLICKHOUSE_URL, clickhouseQuery, startProxy, uniqueName } from "./_stack.ts";
-
-const PROXY_RATE = "120r/m";
-
-/** Like `createWorld()`, but the topics live on `broker` instead of the shared Kafka. */
-async function createWorldOn(broker: KafkaBroker): Promise<World> {
-  const topic = await broker.createTopic(uniqueName("fault"), 3);
-  const dlqTopic = await broker.createTopic(`${topic}_dlq`, 1);
-  const database = uniqueName("fault");
-  await migrate(new ClickHouseClient(CLICKHOUSE_URL), { database });
-  const proxy = await startProxy({ rate: PROXY_RATE });
-  const spacingMs = spacingFor(PROXY_RATE);
-  const dir = await Deno.makeTempDir({ prefix: "anonymizer-fault-" });
-  const env: Record<string, string> = {
-    KAFKA_BROKERS: broker.brokers,
-    KAFKA_TOPIC: topic,
-    KAFKA_DLQ_TOPIC: dlqTopic,
-    KAFKA_GROUP_ID: `${topic}_group`,
-    CLICKHOUSE_URL: proxy.url,
-    CLICKHOUSE_DATABASE: database,
-    CLICKHOUSE_SPACING_MS: String(spacingMs),
-    CLICKHOUSE_MARGIN_MS: "100",
-    KV_PATH: `${dir}/a/queue.kv`,
-    METRICS_LISTEN: "",
-    LOG_LEVEL: "info",
-  };
-  const world: World = {
-    topic,
-    dlqTopic,
-    group: env.KAFKA_GROUP_ID!,
-    database,
-    proxy,
-    spacingMs,
-    dir,
-    env,
-    async close() {
-      await proxy.close();
-      await clickhouseQuery(`DROP DATABASE IF EXISTS ${database}`);
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
-    },
-    [Symbol.asyncDispose]() {
-      return world.close();
-    },
-  };
-  return world;
-}
+import { topicMessageCount } from "./_stack.ts";
 
 Deno.test({
   name: "anonymizer stores every record exactly once across a Kafka broker restart mid-stream",
@@ -71,9 +26,10 @@ Deno.test({
   sanitizeResources: false,
   async fn(t) {
     await using broker = await startKafkaBroker();
-    await using world = await createWorldOn(broker);
+    // The topics live on the private broker; ClickHouse and the proxy are as usual.
+    await using world = await createWorld({ brokers: broker.brokers, prefix: "fault" });
     const feed = await startFeed(broker.brokers, world.topic, { rate: 300, seed: 4242 });
-    const service = await spawnServiceChild(world, { name: "service" });
+    const service = await spawnService(world);
     let records: HttpLogRecord[] = [];
     let feedStopped = false;
     try {
@@ -82,7 +38,7 @@ Deno.test({
       const before = await t.step(
         "the service consumes and stores rows before the restart",
         async () => {
-          await service.waitForLog(/Joined group/, 60_000);
+          await service.waitForLog(/Joined group/, { timeoutMs: 60_000 });
           await feed.waitForAcked(3_000);
           assert.ok(await waitForRows(world.database, 1_000, 60_000) >= 1_000);
         },
@@ -136,7 +92,10 @@ Deno.test({
       });
 
       await t.step("Kafka holds each produced record once (the premise of the check)", async () => {
-        assert.equal(await topicMessageCount(broker.brokers, world.topic), records.length);
+        assert.equal(
+          await topicMessageCount(world.topic, { brokers: broker.brokers }),
+          records.length,
+        );
       });
 
       await t.step("each id is stored once, every address masked", async () => {
@@ -145,13 +104,13 @@ Deno.test({
 
       await t.step(
         "the service logged the outage, kept running and rejoined with every partition",
-        async () => {
-          const log = await service.readLog();
+        () => {
+          const log = service.log();
           const failures = log.split("\n").filter((l) =>
             /ECONNREFUSED|Kafka consumer crashed|Cannot commit offset/.test(l)
           );
           assert.ok(failures.length > 0, "no sign of the broker outage in the service log");
-          assert.equal(service.exited, false, "the service exited");
+          assert.equal(service.hasExited, false, "the service exited");
           const joins = joinedPartitions(log);
           progress(
             `service log: ${failures.length} connection failure lines, ${joins.length} group joins ` +
@@ -169,9 +128,7 @@ Deno.test({
       );
 
       await t.step("the service stops cleanly on SIGTERM", async () => {
-        const status = await service.kill("SIGTERM");
-        assert.equal(status.code, 0);
-        assert.match(await service.readLog(), /Stopped cleanly/);
+        await assertStopsCleanly(service);
       });
     } finally {
       if (!feedStopped) await feed.stop().catch(() => {});

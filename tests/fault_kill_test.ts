@@ -11,8 +11,15 @@ import assert from "node:assert/strict";
 import { openQueue } from "../lib/kv_queue.ts";
 import { startDelayProxy } from "./_delay_proxy.ts";
 import { evictGroupMembers } from "./_kafka_group.ts";
-import { type LiveService, spawnLiveService } from "./_live_service.ts";
-import { assertExactlyOnce, createWorld, delay, storedCount, waitForRows } from "./_pipeline.ts";
+import {
+  assertExactlyOnce,
+  createWorld,
+  delay,
+  type ServiceProcess,
+  spawnService,
+  storedCount,
+  waitForRows,
+} from "./_pipeline.ts";
 import { openRecordFeed } from "./_record_feed.ts";
 import { faultSeed, seededRandom } from "./_seeded_random.ts";
 import { clickhouseQuery } from "./_stack.ts";
@@ -87,7 +94,7 @@ Deno.test({
         for (let run = 0; run < KILLS; run++) {
           const mode = plan[run]!;
           const firstExchange = slow.exchanges.length;
-          const svc: LiveService = await spawnLiveService(world, { name: `run-${run}` });
+          const svc: ServiceProcess = await spawnService(world, { name: `run-${run}` });
           // Records arrive over ~2 s, so a random kill often lands mid-append or mid-commit.
           const burst = delay(rng() * 3_000).then(() => feed.send(BURST, { rate: BURST_RATE }));
           const randomWait = 200 + rng() * 8_800;
@@ -141,7 +148,7 @@ Deno.test({
     );
 
     await t.step("after the last restart every record lands and the queue drains", async () => {
-      const final = await spawnLiveService(world, { name: "final" });
+      const final = await spawnService(world, { name: "final" });
       try {
         await feed.send(TOTAL - feed.sent);
         assert.equal(feed.sent, TOTAL);

@@ -4,13 +4,12 @@
  * and store everything exactly once when ClickHouse is back.
  *
  * ClickHouse here is a private server (tests/_clickhouse_server.ts), so that
- * stopping it leaves the shared stack alone; {@linkcode createOutageWorld} is
- * createWorld() with the database migrated into that server and the private
- * ch-proxy forwarding to it. assertExactlyOnce() reads the shared ClickHouse,
- * so the stored rows are copied there into a scratch database for it.
+ * stopping it leaves the shared stack alone: the world's database is migrated
+ * into that server and its private ch-proxy forwards to it.
+ * assertExactlyOnce() reads the shared ClickHouse, so the stored rows are
+ * copied there into a scratch database for it.
  */
 import assert from "node:assert/strict";
-import { Kafka, logLevel } from "kafkajs";
 import { ClickHouseClient } from "../lib/clickhouse_client.ts";
 import { openQueue } from "../lib/kv_queue.ts";
 import { createMetrics } from "../lib/metrics.ts";
@@ -19,13 +18,20 @@ import { produce, type ProduceSummary } from "../lib/produce.ts";
 import { syntheticRecords } from "../lib/synthetic_records.ts";
 import type { HttpLogRecord } from "../lib/types.ts";
 import { type ClickHouseServer, startClickHouseServer } from "./_clickhouse_server.ts";
-import { assertExactlyOnce, delay, spacingFor, spawnService, type World } from "./_pipeline.ts";
+import { progress } from "./_feed.ts";
+import {
+  assertExactlyOnce,
+  createWorld,
+  delay,
+  spawnService,
+  storedCount,
+  waitForRows,
+} from "./_pipeline.ts";
 import {
   CLICKHOUSE_URL,
   clickhouseQuery,
-  createTopic,
   KAFKA_BROKERS,
-  startProxy,
+  kafkaClient,
   uniqueName,
 } from "./_stack.ts";
 import { assertTotalsMatch } from "./_totals.ts";
@@ -39,10 +45,6 @@ const RSS_LIMIT = 300 * 1024 * 1024;
 /** Most records the consumer group may be behind Kafka's end offsets (20 s of production). */
 const LAG_LIMIT = 20 * RATE;
 const MB = 1024 * 1024;
-
-function progress(message: string): void {
-  Deno.stderr.writeSync(new TextEncoder().encode(`  … ${message}\n`));
-}
 
 /** One look at the service from outside. */
 interface Sample {
@@ -67,82 +69,6 @@ function gauge(text: string, name: string): number {
   return Number(m[1]);
 }
 
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  listener.close();
-  return listener.addr.port;
-}
-
-/** createWorld() of tests/_pipeline.ts, with the database on `server` and the proxy in front of it. */
-async function createOutageWorld(server: ClickHouseServer, rate: string): Promise<World> {
-  const topic = await createTopic(uniqueName("outage"), 3);
-  const dlqTopic = await createTopic(`${topic}_dlq`, 1);
-  const database = uniqueName("outage");
-  await migrate(new ClickHouseClient(server.url), { database });
-  const proxy = await startProxy({ rate, upstream: server.httpHostPort });
-  const spacingMs = spacingFor(rate);
-  const dir = await Deno.makeTempDir({ prefix: "anonymizer-outage-" });
-  const env: Record<string, string> = {
-    KAFKA_BROKERS,
-    KAFKA_TOPIC: topic,
-    KAFKA_DLQ_TOPIC: dlqTopic,
-    KAFKA_GROUP_ID: `${topic}_group`,
-    CLICKHOUSE_URL: proxy.url,
-    CLICKHOUSE_DATABASE: database,
-    CLICKHOUSE_SPACING_MS: String(spacingMs),
-    CLICKHOUSE_MARGIN_MS: "100",
-    KV_PATH: `${dir}/a/queue.kv`,
-    METRICS_LISTEN: "",
-    LOG_LEVEL: "info",
-  };
-  const world: World = {
-    topic,
-    dlqTopic,
-    group: env.KAFKA_GROUP_ID!,
-    database,
-    proxy,
-    spacingMs,
-    dir,
-    env,
-    async close() {
-      await proxy.close();
-      if (server.running) await server.query(`DROP DATABASE IF EXISTS ${database}`);
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
-    },
-    [Symbol.asyncDispose]() {
-      return world.close();
-    },
-  };
-  return world;
-}
-
-/** Rows of `http_log` in `database` on `server`. */
-async function storedOn(server: ClickHouseServer, database: string): Promise<number> {
-  return Number((await server.query(`SELECT count() FROM ${database}.http_log`)).trim());
-}
-
-/** waitForRows() of tests/_pipeline.ts, on `server`. */
-async function waitForRowsOn(
-  server: ClickHouseServer,
-  database: string,
-  expected: number,
-  timeoutMs: number,
-): Promise<number> {
-  const deadline = Date.now() + timeoutMs;
-  let n = 0;
-  let reported = 0;
-  while (Date.now() < deadline) {
-    n = await storedOn(server, database);
-    if (n >= expected) return n;
-    if (Date.now() - reported > 15_000) {
-      reported = Date.now();
-      progress(`${n} of ${expected} rows stored in ${database}`);
-    }
-    await delay(500);
-  }
-  return n;
-}
-
 /**
  * Copies `http_log` of `database` on `server` into a scratch database on the
  * shared ClickHouse, runs assertExactlyOnce() there, and drops the copy.
@@ -158,7 +84,7 @@ async function assertExactlyOnceOn(
     const rows = await server.query(`SELECT * FROM ${database}.http_log FORMAT TabSeparated`);
     await clickhouseQuery(`INSERT INTO ${copy}.http_log FORMAT TabSeparated`, { body: rows });
     const [here, there] = await Promise.all([
-      storedOn(server, database),
+      storedCount(database, { url: server.url }),
       clickhouseQuery(`SELECT count() FROM ${copy}.http_log`).then((t) => Number(t.trim())),
     ]);
     assert.equal(there, here, "the copy holds every stored row");
@@ -175,7 +101,7 @@ Deno.test({
   sanitizeResources: false,
   async fn(t) {
     await using server = await startClickHouseServer();
-    await using world = await createOutageWorld(server, "120r/m");
+    await using world = await createWorld({ clickhouse: server, prefix: "outage" });
     const version = (await server.query("SELECT version()")).trim();
     assert.match(version, /^18\.16\./);
     assert.equal(
@@ -183,17 +109,9 @@ Deno.test({
       "1",
       "the world was migrated into the private server",
     );
-    const metricsUrl = `http://127.0.0.1:${freePort()}/metrics`;
-    const service = await spawnService(world, {
-      overrides: { METRICS_LISTEN: new URL(metricsUrl).host },
-    });
-    let serviceExited = false;
-    service.child.status.then(() => serviceExited = true);
-    const admin = new Kafka({
-      clientId: "anonymizer-tests",
-      brokers: KAFKA_BROKERS.split(","),
-      logLevel: logLevel.NOTHING,
-    }).admin();
+    const service = await spawnService(world, { metrics: true });
+    const metricsUrl = `http://${service.metricsAddr}/metrics`;
+    const admin = kafkaClient("anonymizer-tests").admin();
     await admin.connect();
     const producing = new AbortController();
     let sent = 0;
@@ -216,9 +134,7 @@ Deno.test({
       return total;
     };
     const sample = async (): Promise<Sample> => {
-      const res = await fetch(metricsUrl, { signal: AbortSignal.timeout(10_000) });
-      const text = await res.text();
-      assert.equal(res.status, 200);
+      const { text } = await service.scrape();
       const s = {
         t: Math.round((Date.now() - outageStart) / 1000),
         sent,
@@ -246,7 +162,7 @@ Deno.test({
           for (;;) {
             const ready = await fetch(readyUrl).then((r) => r.text().then(() => r.ok), () => false);
             if (ready) break;
-            assert.equal(serviceExited, false, "the service exited at start");
+            assert.equal(service.hasExited, false, "the service exited at start");
             assert.ok(
               Date.now() < deadline,
               "the service did not join the consumer group within 60 s",
@@ -267,7 +183,7 @@ Deno.test({
           });
           // Awaited after the outage; a failure before then must not go unhandled.
           produced.catch(() => {});
-          const stored = await waitForRowsOn(server, world.database, 500, 120_000);
+          const stored = await waitForRows(world.database, 500, 120_000, { url: server.url });
           assert.ok(stored >= 500, `only ${stored} rows stored before the outage`);
           outageStart = Date.now();
           samples.push(await sample());
@@ -317,7 +233,7 @@ Deno.test({
                 last.queued - first.queued
               } while ${producedDuring} records were produced`,
             );
-            assert.equal(serviceExited, false, "the service exited during the outage");
+            assert.equal(service.hasExited, false, "the service exited during the outage");
           },
         ),
       );
@@ -332,7 +248,10 @@ Deno.test({
           assert.equal(summary.aborted, true);
           const total = summary.sent;
           progress(`${total} records produced in all`);
-          assert.equal(await waitForRowsOn(server, world.database, total, 300_000), total);
+          assert.equal(
+            await waitForRows(world.database, total, 300_000, { url: server.url }),
+            total,
+          );
           const records = syntheticRecords({ seed, now, distinctResourceIds: true }).take(total)
             .toArray();
           await assertExactlyOnceOn(server, world.database, records);
@@ -345,7 +264,7 @@ Deno.test({
           samples.push(end);
           assert.equal(end.queued, 0, "rows left in the queue");
           assert.equal(end.landed, total);
-          assert.equal(await storedOn(server, world.database), total);
+          assert.equal(await storedCount(world.database, { url: server.url }), total);
           const log = await world.proxy.readAccessLog();
           const outage = log.filter((e) => e.status === 502);
           assert.ok(outage.length > 0, "nginx never answered 502: the outage was not seen");

@@ -5,20 +5,9 @@ import { encodeRecord } from "../lib/encode_record.ts";
 import { DecodeError } from "../lib/errors.ts";
 import type { HttpLogRecord } from "../lib/types.ts";
 import { toRow } from "../lib/validate.ts";
+import { seededRandom } from "./_seeded_random.ts";
 
 const NOW = 1_700_000_000_000;
-
-/** mulberry32: small, seeded, and good enough to spread test inputs. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 type Outcome =
   | { kind: "stored" }
@@ -134,7 +123,7 @@ function mutate(bytes: Uint8Array, rand: () => number): Uint8Array {
 }
 
 Deno.test("decodeRecord() → toRow() ends every message stored or dead-lettered", async (t) => {
-  const rand = prng(0xf022);
+  const rand = seededRandom(0xf022);
 
   await t.step("valid messages round-trip and are stored", () => {
     const tally = new Tally();

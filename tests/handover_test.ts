@@ -26,7 +26,6 @@
  * `settlePending()` can settle the rows, within a minute.
  */
 import assert from "node:assert/strict";
-import { Kafka, logLevel } from "kafkajs";
 import { formatMetadata, parseMetadata } from "../lib/_commit_metadata.ts";
 import { partitionKey } from "../lib/_keys.ts";
 import { openQueue, type PartitionState, type QueueEntry } from "../lib/kv_queue.ts";
@@ -35,21 +34,21 @@ import type { HttpLogRecord } from "../lib/types.ts";
 import { keepLog } from "./_feed.ts";
 import { groupOffsets } from "./_kafka_group.ts";
 import {
-  freeLoopbackPort,
-  type LiveService,
-  scrapeMetric,
-  spawnLiveService,
-} from "./_live_service.ts";
-import {
   assertExactlyOnce,
+  assertStopsCleanly,
   createWorld,
   delay,
+  JOINED_GROUP,
+  partitionsOf,
   produceRecords,
+  type ServiceProcess,
+  spawnService,
   storedCount,
+  until,
   type World,
 } from "./_pipeline.ts";
 import { progress } from "./_progress.ts";
-import { clickhouseQuery, KAFKA_BROKERS } from "./_stack.ts";
+import { clickhouseQuery, kafkaClient, withKafkaAdmin } from "./_stack.ts";
 
 /** The partition A left unsettled. */
 const P = 0;
@@ -77,34 +76,12 @@ interface Setup {
   kvB: string;
 }
 
-function kafka(clientId: string): Kafka {
-  return new Kafka({ clientId, brokers: KAFKA_BROKERS.split(","), logLevel: logLevel.NOTHING });
-}
-
-/** Polls `check` until it returns a value other than `undefined`. */
-async function until<T>(
-  what: string,
-  check: () => Promise<T | undefined>,
-  timeoutMs = 120_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let reported = Date.now();
-  for (;;) {
-    const v = await check();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`Cannot see ${what} within ${timeoutMs} ms`);
-    if (Date.now() - reported > 15_000) {
-      reported = Date.now();
-      progress(`  … still waiting for ${what}`);
-    }
-    await delay(250);
-  }
-}
-
 /** Produces the records and reads every message back from Kafka, to know partition P's offsets. */
 async function setUp(world: World, seed: number): Promise<Setup> {
   const { records } = await produceRecords(world, { count: COUNT, seed });
-  const consumer = kafka("handover-test-reader").consumer({ groupId: `${world.group}_reader` });
+  const consumer = kafkaClient("handover-test-reader").consumer({
+    groupId: `${world.group}_reader`,
+  });
   const read: Array<{ offset: bigint; value: Uint8Array | null }> = [];
   let seen = 0;
   await consumer.connect();
@@ -125,11 +102,7 @@ async function setUp(world: World, seed: number): Promise<Setup> {
         return Promise.resolve();
       },
     });
-    await until(
-      "every produced message read back",
-      () => Promise.resolve(seen >= COUNT || undefined),
-      60_000,
-    );
+    await until("every produced message read back", () => seen >= COUNT || undefined, 60_000);
   } finally {
     await consumer.disconnect();
   }
@@ -189,7 +162,7 @@ async function commitAsMember(
   offset: bigint,
   metadata: string | null,
 ): Promise<void> {
-  const consumer = kafka("handover-test-committer").consumer({ groupId: world.group });
+  const consumer = kafkaClient("handover-test-committer").consumer({ groupId: world.group });
   const { promise: joined, resolve } = Promise.withResolvers<void>();
   consumer.on(consumer.events.GROUP_JOIN, () => resolve());
   await consumer.connect();
@@ -217,15 +190,12 @@ async function assertOnlyPCommitted(world: World, offset: bigint): Promise<void>
 
 /** The group's last commit of partition P. */
 async function groupCommit(world: World): Promise<{ offset: bigint; metadata: string | null }> {
-  const admin = kafka("handover-test-admin").admin();
-  await admin.connect();
-  try {
-    const [t] = await admin.fetchOffsets({ groupId: world.group, topics: [world.topic] });
-    const p = t?.partitions.find((x) => x.partition === P);
-    return { offset: BigInt(p?.offset ?? "-1"), metadata: p?.metadata ?? null };
-  } finally {
-    await admin.disconnect();
-  }
+  const [t] = await withKafkaAdmin(
+    (admin) => admin.fetchOffsets({ groupId: world.group, topics: [world.topic] }),
+    { clientId: "handover-test-admin" },
+  );
+  const p = t?.partitions.find((x) => x.partition === P);
+  return { offset: BigInt(p?.offset ?? "-1"), metadata: p?.metadata ?? null };
 }
 
 /** Partition P's state in the KV file at `path`, read without touching anything else. */
@@ -238,68 +208,58 @@ async function readPartitionState(s: Setup, path: string): Promise<PartitionStat
   }
 }
 
-/** A running instance with its metrics address. */
-interface Instance {
-  svc: LiveService;
-  metrics: string;
-  exited: boolean;
-}
-
-async function spawnInstance(
+/** Starts an instance on `kvPath` as Kafka client `clientId`, serving /metrics. */
+function spawnInstance(
   s: Setup,
   name: string,
   kvPath: string,
   clientId: string,
-): Promise<Instance> {
-  const metrics = `127.0.0.1:${freeLoopbackPort()}`;
-  const svc = await spawnLiveService(s.world, {
+): Promise<ServiceProcess> {
+  return spawnService(s.world, {
     name,
-    overrides: { KV_PATH: kvPath, KAFKA_CLIENT_ID: clientId, METRICS_LISTEN: metrics },
+    overrides: { KV_PATH: kvPath, KAFKA_CLIENT_ID: clientId },
+    metrics: true,
   });
-  const instance = { svc, metrics, exited: false };
-  svc.exited.finally(() => instance.exited = true);
-  return instance;
 }
 
 /** The instance id the service logs at start. */
-async function loggedInstanceId(svc: LiveService): Promise<string> {
+async function loggedInstanceId(svc: ServiceProcess): Promise<string> {
   const { match } = await svc.waitForLog(/anonymizer "?(anonymizer-[0-9a-f-]+)"? consuming/);
   return match[1]!;
 }
 
 /** Partition set of the first "Joined group" line at or after `from` in the log. */
-async function joined(svc: LiveService, from = 0): Promise<{ partitions: number[]; at: number }> {
-  const { match, seenAt } = await svc.waitForLog(
-    /Joined group \S+ with partitions "?([\d,]+|none)"?/,
-    { from, timeoutMs: 90_000 },
-  );
-  const partitions = match[1] === "none" ? [] : match[1]!.split(",").map(Number);
-  return { partitions, at: seenAt };
+async function joined(
+  svc: ServiceProcess,
+  from = 0,
+): Promise<{ partitions: number[]; at: number }> {
+  const { match, seenAt } = await svc.waitForLog(JOINED_GROUP, { from, timeoutMs: 90_000 });
+  return { partitions: partitionsOf(match[1]!), at: seenAt };
 }
 
 /** Waits until every partition's commit is at its end, `rows` are stored and `i`'s queue is empty. */
-async function waitForDrained(s: Setup, i: Instance, rows: number): Promise<void> {
+async function waitForDrained(s: Setup, i: ServiceProcess, rows: number): Promise<void> {
   await until(`every partition committed to its end and ${rows} rows stored`, async () => {
-    if (i.exited) {
-      throw new Error(`${i.svc.name} exited; its log ends:\n${i.svc.log().slice(-2000)}`);
+    if (i.hasExited) {
+      throw new Error(`${i.name} exited; its log ends:\n${i.log().slice(-2000)}`);
     }
     const offsets = await groupOffsets(s.world.topic, s.world.group);
     if (offsets.some((o) => o.committed !== o.end)) return undefined;
     if (await storedCount(s.world.database) < rows) return undefined;
-    const queued = await scrapeMetric(i.metrics, "anonymizer_queue_rows").catch(() => null);
+    const queued = await i.metric("anonymizer_queue_rows").catch(() => null);
     return queued === 0 ? true : undefined;
   }, 180_000);
 }
 
 /** Waits until A's pending rows of P are settled (next === committed) and its queue is empty. */
-async function waitForSettled(s: Setup, a: Instance): Promise<PartitionState> {
+async function waitForSettled(s: Setup, a: ServiceProcess): Promise<PartitionState> {
   const state = await until(`A settling its pending rows of partition ${P}`, async () => {
     const st = await readPartitionState(s, s.kvA);
     return st !== null && st.next === st.committed ? st : undefined;
   }, 150_000);
   // Up to a minute more: a wake-up of the flusher can be lost, and the next cron tick repeats it.
   await until("A's queue draining", async () => {
-    const queued = await scrapeMetric(a.metrics, "anonymizer_queue_rows").catch(() => null);
+    const queued = await a.metric("anonymizer_queue_rows").catch(() => null);
     return queued === 0 ? true : undefined;
   }, 90_000);
   // Anything the settlement wrongly kept would be sealed and sent by now; let it show.
@@ -333,7 +293,7 @@ function idsOf(s: Setup, from: bigint, to: bigint): Set<bigint> {
 }
 
 /** Batch ids of every "Flushed batch" line of `svc`. */
-function flushedBatches(svc: LiveService): Set<string> {
+function flushedBatches(svc: ServiceProcess): Set<string> {
   return new Set([...svc.log().matchAll(/Flushed batch "?(\d+)"?:/g)].map((m) => m[1]!));
 }
 
@@ -347,37 +307,154 @@ async function batchIdsOf(s: Setup, ids: Set<bigint>): Promise<Set<string>> {
   return new Set(text.trim().split("\n").filter((l) => l !== ""));
 }
 
-async function assertGroupAtEnd(s: Setup): Promise<void> {
+/** Where partition P is cut: A owns `[0, c)`, its rows `[c, n)` are pending, `end` is P's end. */
+interface Cut {
+  end: bigint;
+  c: bigint;
+  n: bigint;
+}
+
+/**
+ * One scenario on a fresh world: the records of `seed` produced, partition
+ * P's end cut by `cut`, then `body`; every instance it spawns is stopped
+ * afterwards and its log kept.
+ */
+async function scenario(
+  seed: number,
+  cut: (end: bigint) => [bigint, bigint],
+  body: (s: Setup, cut: Cut, spawned: ServiceProcess[]) => Promise<void>,
+): Promise<void> {
+  const started = Date.now();
+  await using world = await createWorld();
+  const s = await setUp(world, seed);
+  const end = s.ends.get(P)!;
+  const [c, n] = cut(end);
+  progress(`  partition ${P}: end ${end}, A owns [0, ${c}), pending [${c}, ${n})`);
+  await withInstances((spawned) => body(s, { end, c, n }, spawned));
+  progress(`  took ${Math.round((Date.now() - started) / 1000)} s`);
+}
+
+/**
+ * B's turn while A is down: B starts on its own KV, stores everything of the
+ * group's commit onward (all records but the ids of P's `[0, from)`), and
+ * commits P's end with `handovers` in its metadata. B stops cleanly unless
+ * `keepRunning`.
+ */
+async function bConsumes(
+  s: Setup,
+  spawned: ServiceProcess[],
+  options: { from: bigint; end: bigint; handovers: Array<[bigint, string]>; keepRunning: boolean },
+): Promise<{ b: ServiceProcess; idB: string }> {
+  const b = await spawnInstance(s, "b", s.kvB, CLIENT_B);
+  spawned.push(b);
+  const idB = await loggedInstanceId(b);
+  const expected = without(s.records, idsOf(s, 0n, options.from));
+  await waitForDrained(s, b, expected.length);
+  await assertExactlyOnce(s.world.database, expected);
+  const g = await groupCommit(s.world);
+  assert.equal(g.offset, options.end);
+  assert.deepEqual(parseMetadata(g.metadata), { committer: idB, handovers: options.handovers });
+  if (!options.keepRunning) await assertStopsCleanly(b);
+  return { b, idB };
+}
+
+/**
+ * The step in which A restarts on its KV after B's turn. With B running, B
+ * keeps P; alone, A takes every partition before the watchdog's next tick,
+ * with its pending rows of P still unsettled. Returns A, or `undefined` when
+ * the step failed.
+ */
+async function stepARestarts(
+  t: Deno.TestContext,
+  s: Setup,
+  spawned: ServiceProcess[],
+  options: { cut: Cut; b: ServiceProcess; idA: string; bRuns: boolean },
+): Promise<ServiceProcess | undefined> {
+  const { cut: { c, n }, b, idA, bRuns } = options;
+  let a: ServiceProcess | undefined;
+  const passed = await t.step(
+    bRuns
+      ? "A restarts on its KV while B runs; B keeps P"
+      : "A restarts on its KV alone and takes P before the watchdog's next tick",
+    async () => {
+      if (!bRuns) await earlyInMinute();
+      const joinsB = b.log().length;
+      a = await spawnInstance(s, "a", s.kvA, CLIENT_A);
+      spawned.push(a);
+      assert.equal(await loggedInstanceId(a), idA);
+      const ja = await joined(a);
+      progress(`  A joined with partitions ${ja.partitions.join(",") || "none"}`);
+      if (bRuns) {
+        const jb = await joined(b, joinsB);
+        assert.ok(!ja.partitions.includes(P), `A got partition ${P}: ${ja.partitions}`);
+        assert.ok(jb.partitions.includes(P), `B kept partition ${P}: ${jb.partitions}`);
+      } else {
+        assert.deepEqual(ja.partitions, [0, 1, 2]);
+        assert.ok(ja.at < nextMinute(a.spawnedAt), "A joined before the watchdog ticked");
+        // Nothing settled the rows yet: no batch of P will come, B consumed it all.
+        assert.deepEqual(await readPartitionState(s, s.kvA), { committed: c, next: n });
+      }
+    },
+  );
+  return passed ? a : undefined;
+}
+
+/**
+ * Waits until A settled P, asserts P's state is at `end`, and returns the
+ * match of `logged`, the line saying how A settled (`what` names it).
+ */
+async function aSettles(
+  s: Setup,
+  a: ServiceProcess,
+  end: bigint,
+  logged: { line: RegExp; what: string },
+): Promise<RegExpExecArray> {
+  const t0 = Date.now();
+  const state = await waitForSettled(s, a);
+  progress(`  A settled partition ${P} after ${Math.round((Date.now() - t0) / 1000)} s`);
+  assert.deepEqual(state, { committed: end, next: end });
+  const m = logged.line.exec(a.log());
+  assert.ok(m, `A logged no ${logged.what}; its log ends:\n${a.log().slice(-2000)}`);
+  progress(`  A's log: ${m[0]}`);
+  return m;
+}
+
+/** Asserts the group's commits are at the end offsets, P's made by `committer`. */
+async function assertCommitsAtEnd(s: Setup, committer: string): Promise<void> {
   const offsets = await groupOffsets(s.world.topic, s.world.group);
   assert.deepEqual(
     offsets.map((o) => [o.partition, o.committed]),
     offsets.map((o) => [o.partition, o.end]),
     "the group's commits are at the end offsets",
   );
+  assert.equal(parseMetadata((await groupCommit(s.world)).metadata)?.committer, committer);
 }
 
-async function stopCleanly(i: Instance): Promise<void> {
-  const status = await i.svc.kill("SIGTERM");
-  assert.equal(
-    status.code,
-    0,
-    `${i.svc.name} exit code; its log ends:\n${i.svc.log().slice(-2000)}`,
-  );
-  assert.match(i.svc.log(), /Stopped cleanly/);
+/** Stops `instances` cleanly in order, then asserts A's KV landed `landed` rows and queues none. */
+async function stopAndAssertLanded(
+  s: Setup,
+  instances: ServiceProcess[],
+  landed: number,
+): Promise<void> {
+  for (const i of instances) await assertStopsCleanly(i);
+  await using queue = await openQueue(s.kvA);
+  const stats = await queue.stats();
+  assert.equal(stats.landedRows, landed);
+  assert.equal(stats.queuedRows, 0);
 }
 
 /** Runs `fn`, then stops every instance it spawned (SIGKILL if SIGTERM hangs) and keeps its log. */
 async function withInstances(
-  fn: (spawned: Instance[]) => Promise<void>,
+  fn: (spawned: ServiceProcess[]) => Promise<void>,
 ): Promise<void> {
-  const spawned: Instance[] = [];
+  const spawned: ServiceProcess[] = [];
   try {
     await fn(spawned);
   } finally {
     for (const i of spawned) {
-      await Promise.race([i.svc.kill("SIGTERM"), delay(20_000)]);
-      await i.svc.kill("SIGKILL");
-      progress(`  ${i.svc.name} log kept at ${await keepLog(i.svc.logPath)}`);
+      await Promise.race([i.kill("SIGTERM"), delay(20_000)]);
+      await i.kill("SIGKILL");
+      progress(`  ${i.name} log kept at ${await keepLog(i.logPath)}`);
     }
   }
 }
@@ -399,13 +476,9 @@ for (const bRuns of [false, true]) {
     sanitizeOps: false,
     sanitizeResources: false,
     async fn(t) {
-      const started = Date.now();
-      await using world = await createWorld();
-      const s = await setUp(world, bRuns ? 9102 : 9101);
-      const end = s.ends.get(P)!;
-      const [c, n] = cuts(end);
-      progress(`  partition ${P}: end ${end}, A owns [0, ${c}), pending [${c}, ${n})`);
-      await withInstances(async (spawned) => {
+      await scenario(bRuns ? 9102 : 9101, cuts, async (s, cut, spawned) => {
+        const { world } = s;
+        const { end, c, n } = cut;
         let idA = "";
         const prepared = await t.step(
           "A's KV holds owned [0, c) and pending [c, n); the group's commit of P is c, not A's",
@@ -418,68 +491,35 @@ for (const bRuns of [false, true]) {
         );
         if (!prepared) return;
 
-        let b: Instance | undefined;
+        let b: ServiceProcess | undefined;
         let idB = "";
         const consumed = await t.step("B consumes from c onward and stores it", async () => {
-          b = await spawnInstance(s, "b", s.kvB, CLIENT_B);
-          spawned.push(b);
-          idB = await loggedInstanceId(b.svc);
-          assert.notEqual(idB, idA);
-          const expected = without(s.records, idsOf(s, 0n, c));
-          await waitForDrained(s, b, expected.length);
-          await assertExactlyOnce(world.database, expected);
-          const g = await groupCommit(world);
-          assert.equal(g.offset, end);
           // The commit B took over had no metadata: no handover to record.
-          assert.deepEqual(parseMetadata(g.metadata), { committer: idB, handovers: [] });
-          if (!bRuns) await stopCleanly(b);
+          ({ b, idB } = await bConsumes(s, spawned, {
+            from: c,
+            end,
+            handovers: [],
+            keepRunning: bRuns,
+          }));
+          assert.notEqual(idB, idA);
         });
         if (!consumed) return;
 
-        let a: Instance | undefined;
-        const aStarted = await t.step(
-          bRuns
-            ? "A restarts on its KV while B runs; B keeps P"
-            : "A restarts on its KV alone and takes P before the watchdog's next tick",
-          async () => {
-            if (!bRuns) await earlyInMinute();
-            const joinsB = b!.svc.log().length;
-            a = await spawnInstance(s, "a", s.kvA, CLIENT_A);
-            spawned.push(a);
-            assert.equal(await loggedInstanceId(a.svc), idA);
-            const ja = await joined(a.svc);
-            progress(`  A joined with partitions ${ja.partitions.join(",") || "none"}`);
-            if (bRuns) {
-              const jb = await joined(b!.svc, joinsB);
-              assert.ok(!ja.partitions.includes(P), `A got partition ${P}: ${ja.partitions}`);
-              assert.ok(jb.partitions.includes(P), `B kept partition ${P}: ${jb.partitions}`);
-            } else {
-              assert.deepEqual(ja.partitions, [0, 1, 2]);
-              assert.ok(ja.at < nextMinute(a.svc.spawnedAt), "A joined before the watchdog ticked");
-              // Nothing settled the rows yet: no batch of P will come, B consumed it all.
-              assert.deepEqual(await readPartitionState(s, s.kvA), { committed: c, next: n });
-            }
-          },
-        );
-        if (!aStarted) return;
+        const a = await stepARestarts(t, s, spawned, { cut, b: b!, idA, bRuns });
+        if (a === undefined) return;
 
         await t.step("A drops its pending copies and resumes P where B's commit is", async () => {
-          const t0 = Date.now();
-          const state = await waitForSettled(s, a!);
-          progress(`  A settled partition ${P} after ${Math.round((Date.now() - t0) / 1000)} s`);
-          assert.deepEqual(state, { committed: end, next: end });
-          const m = /Partition "?0"?: dropped "?(\d+)"? pending rows another owner stored/.exec(
-            a!.svc.log(),
-          );
-          assert.ok(m, `A logged no drop; its log ends:\n${a!.svc.log().slice(-2000)}`);
-          progress(`  A's log: ${m[0]}`);
+          const m = await aSettles(s, a, end, {
+            line: /Partition "?0"?: dropped "?(\d+)"? pending rows another owner stored/,
+            what: "drop",
+          });
           assert.equal(BigInt(m[1]!), n - c);
         });
 
         await t.step("every record is stored exactly once; [c, n) came from B", async () => {
           await assertExactlyOnce(world.database, s.records);
-          const fromB = flushedBatches(b!.svc);
-          const fromA = flushedBatches(a!.svc);
+          const fromB = flushedBatches(b!);
+          const fromA = flushedBatches(a);
           for (const id of await batchIdsOf(s, idsOf(s, c, n))) {
             assert.ok(fromB.has(id) && !fromA.has(id), `batch ${id} of [c, n) is B's`);
           }
@@ -489,20 +529,13 @@ for (const bRuns of [false, true]) {
         });
 
         await t.step("the group's commits stay at the end; P's is still B's", async () => {
-          await assertGroupAtEnd(s);
-          assert.equal(parseMetadata((await groupCommit(world)).metadata)?.committer, idB);
+          await assertCommitsAtEnd(s, idB);
         });
 
         await t.step("the instances stop cleanly; A's KV landed only its owned rows", async () => {
-          await stopCleanly(a!);
-          if (bRuns) await stopCleanly(b!);
-          await using queue = await openQueue(s.kvA);
-          const stats = await queue.stats();
-          assert.equal(stats.landedRows, Number(c));
-          assert.equal(stats.queuedRows, 0);
+          await stopAndAssertLanded(s, bRuns ? [a, b!] : [a], Number(c));
         });
       });
-      progress(`  took ${Math.round((Date.now() - started) / 1000)} s`);
     },
   });
 }
@@ -515,13 +548,9 @@ for (const bRuns of [false, true]) {
     sanitizeOps: false,
     sanitizeResources: false,
     async fn(t) {
-      const started = Date.now();
-      await using world = await createWorld();
-      const s = await setUp(world, bRuns ? 9202 : 9201);
-      const end = s.ends.get(P)!;
-      const [c, n] = cuts(end);
-      progress(`  partition ${P}: end ${end}, A owns [0, ${c}), pending [${c}, ${n})`);
-      await withInstances(async (spawned) => {
+      await scenario(bRuns ? 9202 : 9201, cuts, async (s, cut, spawned) => {
+        const { world } = s;
+        const { end, c, n } = cut;
         let idA = "";
         const prepared = await t.step(
           "A's KV holds owned [0, c) and pending [c, n); the group's commit of P is A's n",
@@ -535,89 +564,51 @@ for (const bRuns of [false, true]) {
         );
         if (!prepared) return;
 
-        let b: Instance | undefined;
+        let b: ServiceProcess | undefined;
         let idB = "";
         const consumed = await t.step(
           "B takes over at n: it stores [n, end) and never [c, n); its commit records [n, A]",
           async () => {
-            b = await spawnInstance(s, "b", s.kvB, CLIENT_B);
-            spawned.push(b);
-            idB = await loggedInstanceId(b.svc);
-            const expected = without(s.records, idsOf(s, 0n, n));
-            await waitForDrained(s, b, expected.length);
-            await assertExactlyOnce(world.database, expected);
-            const g = await groupCommit(world);
-            assert.equal(g.offset, end);
-            assert.deepEqual(parseMetadata(g.metadata), { committer: idB, handovers: [[n, idA]] });
-            if (!bRuns) await stopCleanly(b);
+            ({ b, idB } = await bConsumes(s, spawned, {
+              from: n,
+              end,
+              handovers: [[n, idA]],
+              keepRunning: bRuns,
+            }));
           },
         );
         if (!consumed) return;
 
-        let a: Instance | undefined;
-        const aStarted = await t.step(
-          bRuns
-            ? "A restarts on its KV while B runs; B keeps P"
-            : "A restarts on its KV alone and takes P before the watchdog's next tick",
-          async () => {
-            if (!bRuns) await earlyInMinute();
-            const joinsB = b!.svc.log().length;
-            a = await spawnInstance(s, "a", s.kvA, CLIENT_A);
-            spawned.push(a);
-            assert.equal(await loggedInstanceId(a.svc), idA);
-            const ja = await joined(a.svc);
-            progress(`  A joined with partitions ${ja.partitions.join(",") || "none"}`);
-            if (bRuns) {
-              const jb = await joined(b!.svc, joinsB);
-              assert.ok(!ja.partitions.includes(P), `A got partition ${P}: ${ja.partitions}`);
-              assert.ok(jb.partitions.includes(P), `B kept partition ${P}: ${jb.partitions}`);
-            } else {
-              assert.deepEqual(ja.partitions, [0, 1, 2]);
-              assert.ok(ja.at < nextMinute(a.svc.spawnedAt), "A joined before the watchdog ticked");
-              assert.deepEqual(await readPartitionState(s, s.kvA), { committed: c, next: n });
-            }
-          },
-        );
-        if (!aStarted) return;
+        const a = await stepARestarts(t, s, spawned, { cut, b: b!, idA, bRuns });
+        if (a === undefined) return;
 
         await t.step("A promotes [c, n) and resumes P where B's commit is", async () => {
-          const t0 = Date.now();
-          const state = await waitForSettled(s, a!);
-          progress(`  A settled partition ${P} after ${Math.round((Date.now() - t0) / 1000)} s`);
-          assert.deepEqual(state, { committed: end, next: end });
-          const m =
-            /Partition "?0"?: kept rows below "?(\d+)"?, dropped "?(\d+)"? stored by another owner/
-              .exec(a!.svc.log());
-          assert.ok(m, `A logged no promotion; its log ends:\n${a!.svc.log().slice(-2000)}`);
-          progress(`  A's log: ${m[0]}`);
+          const m = await aSettles(s, a, end, {
+            line:
+              /Partition "?0"?: kept rows below "?(\d+)"?, dropped "?(\d+)"? stored by another owner/,
+            what: "promotion",
+          });
           assert.equal(BigInt(m[1]!), n);
           assert.equal(m[2], "0");
         });
 
         await t.step("every record is stored exactly once; [0, n) came from A", async () => {
           await assertExactlyOnce(world.database, s.records);
-          const fromA = flushedBatches(a!.svc);
-          const fromB = flushedBatches(b!.svc);
+          const fromA = flushedBatches(a);
+          const fromB = flushedBatches(b!);
           for (const id of await batchIdsOf(s, idsOf(s, 0n, n))) {
             assert.ok(fromA.has(id) && !fromB.has(id), `batch ${id} of [0, n) is A's`);
           }
         });
 
         await t.step("the group's commits stay at the end; P's is still B's", async () => {
-          await assertGroupAtEnd(s);
-          assert.equal(parseMetadata((await groupCommit(world)).metadata)?.committer, idB);
+          await assertCommitsAtEnd(s, idB);
         });
 
         await t.step("the instances stop cleanly; A's KV landed [0, n)", async () => {
-          await stopCleanly(a!);
-          if (bRuns) await stopCleanly(b!);
-          await using queue = await openQueue(s.kvA);
-          const stats = await queue.stats();
-          assert.equal(stats.landedRows, Number(n));
-          assert.equal(stats.queuedRows, 0);
+          await stopAndAssertLanded(s, bRuns ? [a, b!] : [a], Number(n));
         });
       });
-      progress(`  took ${Math.round((Date.now() - started) / 1000)} s`);
     },
   });
 }
@@ -630,13 +621,9 @@ for (const committedC of [true, false]) {
     sanitizeOps: false,
     sanitizeResources: false,
     async fn(t) {
-      const started = Date.now();
-      await using world = await createWorld();
-      const s = await setUp(world, committedC ? 9301 : 9302);
-      const end = s.ends.get(P)!;
-      const [c, n] = committedC ? cuts(end) : [0n, cuts(end)[1]];
-      progress(`  partition ${P}: end ${end}, A owns [0, ${c}), pending [${c}, ${n})`);
-      await withInstances(async (spawned) => {
+      const cut = (end: bigint): [bigint, bigint] => committedC ? cuts(end) : [0n, cuts(end)[1]];
+      await scenario(committedC ? 9301 : 9302, cut, async (s, { end, c, n }, spawned) => {
+        const { world } = s;
         let idA = "";
         const prepared = await t.step(
           committedC
@@ -652,11 +639,11 @@ for (const committedC of [true, false]) {
         );
         if (!prepared) return;
 
-        let a: Instance | undefined;
+        let a: ServiceProcess | undefined;
         await t.step("A restarts alone and stores every record exactly once", async () => {
           a = await spawnInstance(s, "a", s.kvA, CLIENT_A);
           spawned.push(a);
-          assert.deepEqual((await joined(a.svc)).partitions, [0, 1, 2]);
+          assert.deepEqual((await joined(a)).partitions, [0, 1, 2]);
           const t0 = Date.now();
           await waitForDrained(s, a, COUNT);
           progress(`  A drained in ${Math.round((Date.now() - t0) / 1000)} s`);
@@ -668,7 +655,7 @@ for (const committedC of [true, false]) {
         await t.step(
           "A queued nothing twice: Kafka's [c, n) was skipped as already queued",
           async () => {
-            const metric = (name: string) => scrapeMetric(a!.metrics, name);
+            const metric = (name: string) => a!.metric(name);
             const redelivered = await metric("anonymizer_records_redelivered_total");
             const queued = await metric("anonymizer_records_queued_total");
             progress(`  A's metrics: redelivered ${redelivered}, queued ${queued}`);
@@ -680,12 +667,11 @@ for (const committedC of [true, false]) {
         );
 
         await t.step("the group's commits are at the end; P's is A's", async () => {
-          await assertGroupAtEnd(s);
-          assert.equal(parseMetadata((await groupCommit(world)).metadata)?.committer, idA);
+          await assertCommitsAtEnd(s, idA);
         });
 
         await t.step("A stops cleanly; its KV landed every record", async () => {
-          await stopCleanly(a!);
+          await assertStopsCleanly(a!);
           await using queue = await openQueue(s.kvA);
           assert.deepEqual(await queue.partition(world.topic, P), { committed: end, next: end });
           const stats = await queue.stats();
@@ -693,7 +679,6 @@ for (const committedC of [true, false]) {
           assert.equal(stats.queuedRows, 0);
         });
       });
-      progress(`  took ${Math.round((Date.now() - started) / 1000)} s`);
     },
   });
 }

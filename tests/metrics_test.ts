@@ -13,8 +13,8 @@
 import assert from "node:assert/strict";
 import { encodeRecord } from "../lib/encode_record.ts";
 import { syntheticRecords } from "../lib/synthetic_records.ts";
-import { createWorld, spawnService, storedCount } from "./_pipeline.ts";
-import { clickhouseQuery } from "./_stack.ts";
+import { createWorld, type Scrape, scrapeMetrics, spawnService, storedCount } from "./_pipeline.ts";
+import { clickhouseQuery, freePort, topicMessageCount } from "./_stack.ts";
 import {
   BUILDERS,
   goodMessages,
@@ -23,15 +23,11 @@ import {
   type TestMessage,
 } from "./_malformed.ts";
 import {
-  freePort,
   groupCaughtUp,
   metricSum,
   produceRaw,
   readTopic,
   report,
-  type Scrape,
-  scrapeMetrics,
-  topicSize,
   waitUntil,
 } from "./_bad_input.ts";
 
@@ -187,7 +183,7 @@ Deno.test({
         const done = await waitUntil(
           async () =>
             await storedCount(world.database) === storedOf(first) &&
-            await topicSize(world.dlqTopic) === first.length - storedOf(first),
+            await topicMessageCount(world.dlqTopic) === first.length - storedOf(first),
           120_000,
         );
         assert.ok(done, "phase 1 handled within 120 s");
@@ -201,7 +197,7 @@ Deno.test({
         const done = await waitUntil(
           async () =>
             await storedCount(world.database) === expectStored &&
-            await topicSize(world.dlqTopic) === expectDead,
+            await topicMessageCount(world.dlqTopic) === expectDead,
           120_000,
         );
         assert.ok(done, "phase 2 handled within 120 s");
@@ -214,7 +210,7 @@ Deno.test({
         assert.equal(p.flushed, await storedCount(world.database));
         assert.equal(p.flushed, expectStored);
         assert.equal(p.dead, expectDead);
-        assert.equal(p.dead, await topicSize(world.dlqTopic));
+        assert.equal(p.dead, await topicMessageCount(world.dlqTopic));
         const letters = await readTopic(world.dlqTopic);
         const byCode = new Map<string, number>();
         for (const d of letters) {

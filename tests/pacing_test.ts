@@ -7,8 +7,15 @@
 import assert from "node:assert/strict";
 import type { HttpLogRecord } from "../lib/types.ts";
 import { keepLog, progress, startFeed } from "./_feed.ts";
-import { assertExactlyOnce, createWorld, delay, waitForRows } from "./_pipeline.ts";
-import { flushedRows, spawnServiceChild } from "./_service_process.ts";
+import {
+  assertExactlyOnce,
+  assertStopsCleanly,
+  createWorld,
+  delay,
+  flushedRows,
+  spawnService,
+  waitForRows,
+} from "./_pipeline.ts";
 import { type AccessLogEntry, KAFKA_BROKERS } from "./_stack.ts";
 
 /** nginx's spacing for `rate=1r/m`: 1000 s / floor(1000 / 60) = 62.5 s. */
@@ -41,7 +48,7 @@ Deno.test({
     );
 
     const feed = await startFeed(KAFKA_BROKERS, world.topic, { rate: 20, seed: 6250 });
-    const service = await spawnServiceChild(world, { name: "service" });
+    const service = await spawnService(world);
     let records: HttpLogRecord[] = [];
     let feedStopped = false;
     try {
@@ -66,7 +73,7 @@ Deno.test({
               "refused requests",
             );
             if (log.length >= ACCEPTED_BEFORE_STOP) break;
-            assert.equal(service.exited, false, "the service exited");
+            assert.equal(service.hasExited, false, "the service exited");
             assert.ok(Date.now() < deadline, `only ${log.length} requests within the deadline`);
             await delay(2_000);
           }
@@ -121,7 +128,7 @@ Deno.test({
         async () => {
           const log = await world.proxy.readAccessLog();
           assert.deepEqual(log.map(isInsert), [false, ...log.slice(1).map(() => true)]);
-          const rows = flushedRows(await service.readLog());
+          const rows = flushedRows(service.log());
           progress(`rows per INSERT: ${rows.join(", ")}`);
           assert.equal(rows.length, log.length - 1, "a Flushed batch line for every INSERT");
           assert.ok(rows.every((n) => n > 0));
@@ -129,9 +136,7 @@ Deno.test({
       );
 
       await t.step("the service stops cleanly on SIGTERM", async () => {
-        const status = await service.kill("SIGTERM");
-        assert.equal(status.code, 0);
-        assert.match(await service.readLog(), /Stopped cleanly/);
+        await assertStopsCleanly(service);
       });
     } finally {
       if (!feedStopped) await feed.stop().catch(() => {});

@@ -19,9 +19,9 @@ import {
   type World,
   worldConfig,
 } from "./_pipeline.ts";
-import { CLICKHOUSE_URL, clickhouseQuery } from "./_stack.ts";
+import { CLICKHOUSE_URL, clickhouseQuery, topicMessageCount } from "./_stack.ts";
 import { goodMessages, type TestMessage } from "./_malformed.ts";
-import { produceRaw, readTopic, report, topicSize, waitUntil } from "./_bad_input.ts";
+import { produceRaw, readTopic, report, waitUntil } from "./_bad_input.ts";
 
 const GOOD = 2_000;
 const POISON_ID = 10_000_000_777n;
@@ -156,7 +156,8 @@ function poisonTest(v: Variant): Deno.TestDefinition {
         await t.step("every good record lands and the poison row reaches the DLQ", async () => {
           const done = await waitUntil(
             async () =>
-              await storedCount(world.database) >= GOOD && await topicSize(world.dlqTopic) >= 1,
+              await storedCount(world.database) >= GOOD &&
+              await topicMessageCount(world.dlqTopic) >= 1,
             90_000,
           );
           const inserts = await insertRequests(world);
@@ -164,7 +165,7 @@ function poisonTest(v: Variant): Deno.TestDefinition {
             `  after ${Math.round(performance.now() - started)} ms: ${await storedCount(
               world.database,
             )} ` +
-              `stored, ${await topicSize(
+              `stored, ${await topicMessageCount(
                 world.dlqTopic,
               )} dead letters, ${inserts.length} INSERTs ` +
               `(${inserts.filter((e) => e.status !== 200).length} refused or rejected)`,

@@ -8,8 +8,8 @@
  */
 import assert from "node:assert/strict";
 import { syntheticRecords } from "../lib/synthetic_records.ts";
-import { createWorld, spawnService, storedCount } from "./_pipeline.ts";
-import { clickhouseQuery } from "./_stack.ts";
+import { createWorld, scrapeMetrics, spawnService, storedCount } from "./_pipeline.ts";
+import { clickhouseQuery, freePort, topicMessageCount } from "./_stack.ts";
 import {
   BUILDERS,
   goodMessages,
@@ -18,15 +18,7 @@ import {
   malformedMessages,
   type TestMessage,
 } from "./_malformed.ts";
-import {
-  freePort,
-  metricSum,
-  produceRaw,
-  report,
-  scrapeMetrics,
-  topicSize,
-  waitUntil,
-} from "./_bad_input.ts";
+import { metricSum, produceRaw, report, waitUntil } from "./_bad_input.ts";
 
 const GOOD = 2_000;
 const MALFORMED = Object.keys(BUILDERS).length * 4;
@@ -190,7 +182,7 @@ Deno.test({
         const done = await waitUntil(
           async () =>
             await storedCount(world.database) === expectStored &&
-            await topicSize(world.dlqTopic) === expectDead,
+            await topicMessageCount(world.dlqTopic) === expectDead,
           120_000,
         );
         assert.ok(done, `${expectStored} stored and ${expectDead} dead-lettered within 120 s`);

@@ -5,48 +5,36 @@
  */
 import assert from "node:assert/strict";
 import type { HttpLogRecord } from "../lib/types.ts";
-import { keepLog, progress, startFeed, topicMessageCount } from "./_feed.ts";
-import { assertExactlyOnce, createWorld, delay, storedCount, waitForRows } from "./_pipeline.ts";
+import { keepLog, progress, startFeed } from "./_feed.ts";
 import {
+  assertExactlyOnce,
+  assertStopsCleanly,
+  createWorld,
+  delay,
   flushedRows,
   joinedPartitions,
-  type ServiceChild,
-  spawnServiceChild,
-} from "./_service_process.ts";
-import { KAFKA_BROKERS } from "./_stack.ts";
+  type ServiceProcess,
+  spawnService,
+  storedCount,
+  until,
+  waitForRows,
+} from "./_pipeline.ts";
+import { KAFKA_BROKERS, topicMessageCount } from "./_stack.ts";
 
 /** Both instances share the proxy's per-address budget: 1 request per 250 ms. */
 const PROXY_RATE = "240r/m";
 /** Each instance alone keeps well inside it: 1 request per 1.1 s (spacing + 100 ms margin). */
 const SPACING_MS = 1_000;
 
-/** Polls `check` until it returns a value other than `undefined`. */
-async function until<T>(
-  what: string,
-  check: () => Promise<T | undefined>,
-  timeoutMs = 120_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let reported = Date.now();
-  for (;;) {
-    const v = await check();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`Cannot see ${what} within ${timeoutMs} ms`);
-    if (Date.now() - reported > 15_000) {
-      reported = Date.now();
-      progress(`still waiting for ${what}`);
-    }
-    await delay(250);
-  }
-}
-
 /** The latest partition sets of `a` and `b` once each has at least `joinsA`/`joinsB` joins. */
-function joinsAtLeast(a: ServiceChild, joinsA: number, b: ServiceChild, joinsB: number) {
-  return async (): Promise<[number[], number[]] | undefined> => {
-    const ja = joinedPartitions(await a.readLog());
-    const jb = joinedPartitions(await b.readLog());
-    if (a.exited || b.exited) {
-      throw new Error(`an instance exited (${a.name}: ${a.exited}, ${b.name}: ${b.exited})`);
+function joinsAtLeast(a: ServiceProcess, joinsA: number, b: ServiceProcess, joinsB: number) {
+  return (): [number[], number[]] | undefined => {
+    const ja = joinedPartitions(a.log());
+    const jb = joinedPartitions(b.log());
+    if (a.hasExited || b.hasExited) {
+      throw new Error(
+        `an instance exited (${a.name}: ${a.hasExited}, ${b.name}: ${b.hasExited})`,
+      );
     }
     return ja.length >= joinsA && jb.length >= joinsB ? [ja.at(-1)!, jb.at(-1)!] : undefined;
   };
@@ -79,9 +67,9 @@ Deno.test({
     const kvA = { KV_PATH: `${world.dir}/a/queue.kv` };
     const kvB = { KV_PATH: `${world.dir}/b/queue.kv` };
     const feed = await startFeed(KAFKA_BROKERS, world.topic, { rate: 200, seed: 777 });
-    const children: ServiceChild[] = [];
+    const children: ServiceProcess[] = [];
     const spawn = async (name: string, overrides: Record<string, string>) => {
-      const child = await spawnServiceChild(world, { name, overrides });
+      const child = await spawnService(world, { name, overrides });
       children.push(child);
       return child;
     };
@@ -92,14 +80,14 @@ Deno.test({
       const alone = await t.step(
         "instance a alone takes every partition and stores rows",
         async () => {
-          const [ja] = await until("a joining", async () => {
-            const j = joinedPartitions(await a.readLog());
+          const [ja] = await until("a joining", () => {
+            const j = joinedPartitions(a.log());
             return j.length > 0 ? j : undefined;
           });
           assert.deepEqual(ja, [0, 1, 2]);
           await until(
             "a storing rows",
-            async () => flushedRows(await a.readLog()).length > 0 || undefined,
+            () => flushedRows(a.log()).length > 0 || undefined,
           );
         },
       );
@@ -113,14 +101,14 @@ Deno.test({
           const split = await until("the rebalance after b joined", joinsAtLeast(a, 2, b, 1));
           progress(`after b joined: a owns ${split[0]}, b owns ${split[1]}`);
           assertSplit(split);
-          flushedA = flushedRows(await a.readLog()).length;
+          flushedA = flushedRows(a.log()).length;
         },
       );
       if (!joined) return;
 
       const both = await t.step("both instances store rows after the rebalance", async () => {
-        await until("a and b both flushing", async () => {
-          const [fa, fb] = [flushedRows(await a.readLog()), flushedRows(await b.readLog())];
+        await until("a and b both flushing", () => {
+          const [fa, fb] = [flushedRows(a.log()), flushedRows(b.log())];
           return fa.length > flushedA + 2 && fb.length > 2 ? true : undefined;
         });
       });
@@ -131,22 +119,22 @@ Deno.test({
         "instance a is killed with SIGKILL and b takes over every partition",
         async () => {
           storedAtKill = await storedCount(world.database);
-          const joinsB = joinedPartitions(await b.readLog()).length;
+          const joinsB = joinedPartitions(b.log()).length;
           const status = await a.kill("SIGKILL");
           assert.equal(status.signal, "SIGKILL");
           progress(
             `killed a with ${feed.acked.length} records acknowledged, ${storedAtKill} stored`,
           );
           // The coordinator notices only when a's session times out (30 s).
-          const jb = await until("b owning every partition", async () => {
-            const j = joinedPartitions(await b.readLog());
+          const jb = await until("b owning every partition", () => {
+            const j = joinedPartitions(b.log());
             return j.length > joinsB && j.at(-1)!.length === 3 ? j.at(-1) : undefined;
           }, 120_000);
           assert.deepEqual(jb, [0, 1, 2]);
-          const flushedB = flushedRows(await b.readLog()).length;
+          const flushedB = flushedRows(b.log()).length;
           await until(
             "b flushing after the takeover",
-            async () => flushedRows(await b.readLog()).length > flushedB + 1 || undefined,
+            () => flushedRows(b.log()).length > flushedB + 1 || undefined,
           );
         },
       );
@@ -156,7 +144,7 @@ Deno.test({
       const rejoined = await t.step(
         "instance a restarts on its KV file and the partitions are split again",
         async () => {
-          const joinsB = joinedPartitions(await b.readLog()).length;
+          const joinsB = joinedPartitions(b.log()).length;
           const split = await until(
             "the rebalance after a restarted",
             joinsAtLeast(a2, 1, b, joinsB + 1),
@@ -164,14 +152,12 @@ Deno.test({
           progress(`after a restarted: a owns ${split[0]}, b owns ${split[1]}`);
           assertSplit(split);
           // Same KV file, same instance id: the commit metadata of the killed a is recognised as its own.
-          const [idA, idA2, idB] = await Promise.all(
-            [a, a2, b].map(async (c) => instanceId(await c.readLog())),
-          );
+          const [idA, idA2, idB] = [a, a2, b].map((c) => instanceId(c.log()));
           assert.equal(idA2, idA);
           assert.notEqual(idB, idA);
           await until(
             "the restarted a flushing",
-            async () => flushedRows(await a2.readLog()).length > 0 || undefined,
+            () => flushedRows(a2.log()).length > 0 || undefined,
           );
         },
       );
@@ -188,7 +174,7 @@ Deno.test({
       });
 
       await t.step("Kafka holds each produced record once (the premise of the check)", async () => {
-        assert.equal(await topicMessageCount(KAFKA_BROKERS, world.topic), records.length);
+        assert.equal(await topicMessageCount(world.topic), records.length);
       });
 
       await t.step("each id is stored once, every address masked", async () => {
@@ -198,7 +184,7 @@ Deno.test({
       await t.step(
         "every instance stored rows; refusals of the shared proxy budget never reached ClickHouse",
         async () => {
-          const rows = await Promise.all(children.map(async (c) => flushedRows(await c.readLog())));
+          const rows = children.map((c) => flushedRows(c.log()));
           for (const [i, c] of children.entries()) {
             const r = rows[i]!;
             progress(`${c.name}: ${r.length} batches, ${r.reduce((x, y) => x + y, 0)} rows`);
@@ -219,11 +205,7 @@ Deno.test({
       );
 
       await t.step("both running instances stop cleanly on SIGTERM", async () => {
-        for (const c of [a2, b]) {
-          const status = await c.kill("SIGTERM");
-          assert.equal(status.code, 0, `${c.name} exit code`);
-          assert.match(await c.readLog(), /Stopped cleanly/);
-        }
+        for (const c of [a2, b]) await assertStopsCleanly(c);
       });
     } finally {
       if (!feedStopped) await feed.stop().catch(() => {});

@@ -7,12 +7,14 @@
 import assert from "node:assert/strict";
 import { startDelayProxy } from "./_delay_proxy.ts";
 import { groupOffsets } from "./_kafka_group.ts";
-import { freeLoopbackPort, scrapeMetric, spawnLiveService } from "./_live_service.ts";
 import {
   assertExactlyOnce,
+  assertStopsCleanly,
   createWorld,
   delay,
   produceRecords,
+  type ServiceProcess,
+  spawnService,
   storedCount,
   waitForRows,
 } from "./_pipeline.ts";
@@ -21,9 +23,9 @@ import { progress } from "./_progress.ts";
 
 const COUNT = 10_000;
 
-/** Polls `metric` at `addr` until `ok(value)`, reporting progress; returns the last value. */
+/** Polls `metric` of `service` until `ok(value)`, reporting progress; returns the last value. */
 async function waitForMetric(
-  addr: string,
+  service: ServiceProcess,
   metric: string,
   ok: (v: number) => boolean,
   timeoutMs: number,
@@ -32,7 +34,7 @@ async function waitForMetric(
   let value: number | null = null;
   let reported = Date.now();
   while (Date.now() < deadline) {
-    value = await scrapeMetric(addr, metric).catch(() => null);
+    value = await service.metric(metric).catch(() => null);
     if (value !== null && ok(value)) return value;
     if (Date.now() - reported > 10_000) {
       reported = Date.now();
@@ -51,14 +53,9 @@ Deno.test({
   async fn(t) {
     await using link = startDelayProxy();
     await using world = await createWorld({ proxy: { upstream: link.addr, rate: "120r/m" } });
-    const metricsAddr = () => `127.0.0.1:${freeLoopbackPort()}`;
     let records: HttpLogRecord[] = [];
 
-    const firstAddr = metricsAddr();
-    const first = await spawnLiveService(world, {
-      name: "first",
-      overrides: { METRICS_LISTEN: firstAddr },
-    });
+    const first = await spawnService(world, { name: "first", metrics: true });
     try {
       await t.step("ClickHouse goes away once the service has learnt its version", async () => {
         await link.waitFor((e) => e.status === 200 && e.state === "delivered", 30_000);
@@ -70,7 +67,7 @@ Deno.test({
         async () => {
           ({ records } = await produceRecords(world, { count: COUNT, seed: 4242 }));
           const queued = await waitForMetric(
-            firstAddr,
+            first,
             "anonymizer_queue_rows",
             (v) => v === COUNT,
             60_000,
@@ -92,9 +89,7 @@ Deno.test({
       );
 
       await t.step("SIGTERM stops it cleanly with every Kafka offset committed", async () => {
-        const status = await first.kill("SIGTERM");
-        assert.equal(status.code, 0, first.log().slice(-3000));
-        assert.match(first.log(), /Stopped cleanly/);
+        await assertStopsCleanly(first);
         const offsets = await groupOffsets(world.topic, world.group);
         assert.deepEqual(
           offsets.map((p) => [p.partition, p.committed]),
@@ -111,25 +106,21 @@ Deno.test({
       "ClickHouse is back: the restarted service stores every row exactly once",
       async () => {
         link.mode = "up";
-        const addr = metricsAddr();
-        const second = await spawnLiveService(world, {
-          name: "second",
-          overrides: { METRICS_LISTEN: addr },
-        });
+        const second = await spawnService(world, { name: "second", metrics: true });
         try {
           assert.equal(await waitForRows(world.database, COUNT, 120_000), COUNT);
           await assertExactlyOnce(world.database, records);
           // Every row came from the KV queue: nothing was consumed from Kafka again.
           const flushed = await waitForMetric(
-            addr,
+            second,
             "anonymizer_records_flushed_total",
             (v) => v === COUNT,
             10_000,
           );
           assert.equal(flushed, COUNT);
-          assert.equal(await scrapeMetric(addr, "anonymizer_records_consumed_total"), 0);
-          assert.equal(await scrapeMetric(addr, "anonymizer_records_queued_total"), 0);
-          assert.equal(await scrapeMetric(addr, "anonymizer_queue_rows"), 0);
+          assert.equal(await second.metric("anonymizer_records_consumed_total"), 0);
+          assert.equal(await second.metric("anonymizer_records_queued_total"), 0);
+          assert.equal(await second.metric("anonymizer_queue_rows"), 0);
           const status = await second.kill("SIGTERM");
           assert.equal(status.code, 0, second.log().slice(-3000));
         } finally {

@@ -8,12 +8,13 @@
 import assert from "node:assert/strict";
 import { startDelayProxy } from "./_delay_proxy.ts";
 import { evictGroupMembers } from "./_kafka_group.ts";
-import { type LiveService, spawnLiveService } from "./_live_service.ts";
 import {
   assertExactlyOnce,
   createWorld,
   delay,
   produceRecords,
+  type ServiceProcess,
+  spawnService,
   storedCount,
   waitForRows,
 } from "./_pipeline.ts";
@@ -22,7 +23,7 @@ import { clickhouseQuery } from "./_stack.ts";
 import { progress } from "./_progress.ts";
 
 /** Sends SIGTERM and returns the exit status and how long the exit took, ms. */
-async function terminate(svc: LiveService): Promise<{ status: Deno.CommandStatus; ms: number }> {
+async function terminate(svc: ServiceProcess): Promise<{ status: Deno.CommandStatus; ms: number }> {
   const t0 = performance.now();
   svc.child.kill("SIGTERM");
   const status = await svc.child.status;
@@ -56,7 +57,7 @@ Deno.test({
       `SIGTERM at ${STOPS} random moments while records arrive at ${RATE}/s`,
       async () => {
         for (let i = 0; i < STOPS; i++) {
-          const svc = await spawnLiveService(world, { name: `stop-${i}` });
+          const svc = await spawnService(world, { name: `stop-${i}` });
           try {
             await svc.waitForLog(/Joined group/, { timeoutMs: 60_000 });
             const wait = Math.round(1_000 + rng() * 6_000);
@@ -80,7 +81,7 @@ Deno.test({
     );
 
     await t.step("after a last restart every record lands exactly once", async () => {
-      const svc = await spawnLiveService(world, { name: "final" });
+      const svc = await spawnService(world, { name: "final" });
       try {
         const { records } = await producing;
         assert.equal(await waitForRows(world.database, COUNT, 120_000), COUNT);
@@ -114,7 +115,7 @@ Deno.test({
     const { records } = await produceRecords(world, { count: COUNT, seed: 77 });
     // The version check goes first: let its answer through at once.
     slow.delayMs = 0;
-    const svc = await spawnLiveService(world, { name: "slow" });
+    const svc = await spawnService(world, { name: "slow" });
     let batch = { id: "", rows: 0 };
     try {
       await t.step("ClickHouse applies an INSERT whose answer is held back", async () => {
@@ -164,7 +165,7 @@ Deno.test({
       "after a restart the batch is found stored, not sent again, and every row is there once",
       async () => {
         slow.delayMs = 0;
-        const again = await spawnLiveService(world, { name: "again" });
+        const again = await spawnService(world, { name: "again" });
         try {
           assert.equal(await waitForRows(world.database, COUNT, 120_000), COUNT);
           await again.waitForLog(
@@ -203,7 +204,7 @@ Deno.test({
     const { records } = await produceRecords(world, { count: COUNT, seed: 99 });
 
     await t.step("a first instance queues the records and is killed with SIGKILL", async () => {
-      const crashed = await spawnLiveService(world, { name: "crashed" });
+      const crashed = await spawnService(world, { name: "crashed" });
       await crashed.waitForLog(/Joined group/, { timeoutMs: 60_000 });
       await crashed.waitForLog(/Sealed batch/, { timeoutMs: 60_000 });
       const status = await crashed.kill("SIGKILL");
@@ -213,7 +214,7 @@ Deno.test({
     await t.step(
       "its replacement, still joining (the dead member holds the group), gets SIGTERM",
       async () => {
-        const svc = await spawnLiveService(world, { name: "joining" });
+        const svc = await spawnService(world, { name: "joining" });
         try {
           // The flusher runs during the join: it resolves the batch the crash left behind.
           await svc.waitForLog(/Batch "\d+" was stored before|Sending INSERT|Flushed batch/, {
@@ -244,7 +245,7 @@ Deno.test({
 
     await t.step("a last instance stores every record exactly once", async () => {
       await evictGroupMembers(world.group);
-      const svc = await spawnLiveService(world, { name: "last" });
+      const svc = await spawnService(world, { name: "last" });
       try {
         assert.equal(await waitForRows(world.database, COUNT, 120_000), COUNT);
         await assertExactlyOnce(world.database, records);
