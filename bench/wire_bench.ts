@@ -18,6 +18,7 @@ import { packBatch } from "../lib/pack_batch.ts";
 import { syntheticRecords } from "../lib/synthetic_records.ts";
 import type { HttpLogRow } from "../lib/types.ts";
 import { toRow } from "../lib/validate.ts";
+import { stockRows } from "../tests/_stock_rows.ts";
 
 const NOW = 1_700_000_000_000;
 const BODY_LIMIT = 1_048_576;
@@ -38,17 +39,7 @@ function cpuMs(): number {
   return (user + system) / 1000;
 }
 
-function stockRows(count: number): HttpLogRow[] {
-  const rows: HttpLogRow[] = [];
-  for (const record of syntheticRecords({ seed, now: NOW })) {
-    const result = toRow(record, { now: NOW });
-    if (result.ok) rows.push(result.row);
-    if (rows.length === count) return rows;
-  }
-  throw new Error("unreachable: the generator is endless");
-}
-
-const rows = stockRows(OFFERED_ROWS + (WARMUP_REQUESTS + requests) * 20_000);
+const rows = stockRows(OFFERED_ROWS + (WARMUP_REQUESTS + requests) * 20_000, seed);
 const encoder = new TextEncoder();
 const results = [];
 for (const serverVersion of ["18.16.1", "24.8.1.2684"]) {

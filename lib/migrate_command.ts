@@ -62,17 +62,6 @@ export async function main(args: string[]): Promise<number> {
   });
   await Deno.mkdir(dirname(config.kvPath), { recursive: true });
   await using queue = await openQueue(config.kvPath);
-  if (direct !== undefined) {
-    const r = await migrate(client, { database: config.clickhouseDatabase });
-    // The service then spends its first slot on data, not on a version check.
-    await queue.setServer({ version: r.version, checkedAt: Date.now() });
-    console.log(
-      `migrate: ClickHouse ${r.version}: created ${
-        r.created.join(", ") || "nothing"
-      } in ${r.requests} requests`,
-    );
-    return 0;
-  }
   const pacing = { spacingMs: config.clickhouseSpacingMs, marginMs: config.clickhouseMarginMs };
   let lastRefusedAt: number | null = null;
   const send = async (what: string, request: () => Promise<string>): Promise<string> => {
@@ -90,7 +79,11 @@ export async function main(args: string[]): Promise<number> {
       console.log(`migrate: ${what}: ch-proxy refused the request; retrying`);
     }
   };
-  const r = await migrate(client, { database: config.clickhouseDatabase, send });
+  const r = await migrate(client, {
+    database: config.clickhouseDatabase,
+    ...(direct === undefined ? { send } : {}),
+  });
+  // The service then spends its first slot on data, not on a version check.
   await queue.setServer({ version: r.version, checkedAt: Date.now() });
   console.log(
     `migrate: ClickHouse ${r.version}: created ${

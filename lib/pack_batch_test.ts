@@ -6,19 +6,10 @@ import { AnonymizerError } from "./errors.ts";
 import { syntheticRecords } from "./synthetic_records.ts";
 import type { HttpLogRow } from "./types.ts";
 import { toRow } from "./validate.ts";
+import { stockRows } from "../tests/_stock_rows.ts";
 
 const MIB = 1_048_576;
 const NOW = 1_700_000_000_000;
-
-function stockRows(count: number, seed: number): HttpLogRow[] {
-  const rows: HttpLogRow[] = [];
-  for (const record of syntheticRecords({ seed, now: NOW })) {
-    const result = toRow(record, { now: NOW });
-    if (result.ok) rows.push(result.row);
-    if (rows.length === count) return rows;
-  }
-  throw new Error("unreachable: the generator is endless");
-}
 
 /** Rows whose values sit at the edges of their column types. */
 function edgeRows(): HttpLogRow[] {

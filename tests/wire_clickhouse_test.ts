@@ -12,20 +12,11 @@ import { syntheticRecords } from "../lib/synthetic_records.ts";
 import type { HttpLogRow } from "../lib/types.ts";
 import { toRow } from "../lib/validate.ts";
 import { CLICKHOUSE_URL, uniqueName } from "./_stack.ts";
+import { stockRows } from "./_stock_rows.ts";
 
 const MIB = 1_048_576;
 const NOW = 1_700_000_000_000;
 const SCHEMA = new URL("../schema/clickhouse/010_http_log.sql", import.meta.url);
-
-function stockRows(count: number, seed: number): HttpLogRow[] {
-  const rows: HttpLogRow[] = [];
-  for (const record of syntheticRecords({ seed, now: NOW })) {
-    const result = toRow(record, { now: NOW });
-    if (result.ok) rows.push(result.row);
-    if (rows.length === count) return rows;
-  }
-  throw new Error("unreachable: the generator is endless");
-}
 
 /** Stock rows after a few whose values sit at the edges of their column types. */
 function testRows(seed: number): HttpLogRow[] {

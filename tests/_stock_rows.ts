@@ -1,0 +1,34 @@
+/**
+ * Rows of the stock producer's distribution, validated and anonymized as the
+ * service stores them, for tests and benchmarks of the body encodings.
+ *
+ * @module
+ */
+import { syntheticRecords } from "../lib/synthetic_records.ts";
+import type { HttpLogRow } from "../lib/types.ts";
+import { toRow } from "../lib/validate.ts";
+
+/** The clock the rows are generated against, so a seed always gives the same rows. */
+export const STOCK_NOW = 1_700_000_000_000;
+
+/**
+ * The first `count` stored rows of the stock sequence with `seed`.
+ *
+ * @example
+ * ```ts
+ * import { stockRows } from "./_stock_rows.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.deepEqual(stockRows(3, 1), stockRows(3, 1));
+ * assert.ok(stockRows(3, 1).every((r) => r.remoteAddr.endsWith(".X")));
+ * ```
+ */
+export function stockRows(count: number, seed: number): HttpLogRow[] {
+  const rows: HttpLogRow[] = [];
+  for (const record of syntheticRecords({ seed, now: STOCK_NOW })) {
+    const result = toRow(record, { now: STOCK_NOW });
+    if (result.ok) rows.push(result.row);
+    if (rows.length === count) return rows;
+  }
+  throw new Error("unreachable: the generator is endless");
+}
