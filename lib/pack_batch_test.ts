@@ -6,29 +6,10 @@ import { AnonymizerError } from "./errors.ts";
 import { syntheticRecords } from "./synthetic_records.ts";
 import type { HttpLogRow } from "./types.ts";
 import { toRow } from "./validate.ts";
-import { stockRows } from "../tests/_stock_rows.ts";
+import { edgeRows, stockRows } from "../tests/_stock_rows.ts";
 
 const MIB = 1_048_576;
 const NOW = 1_700_000_000_000;
-
-/** Rows whose values sit at the edges of their column types. */
-function edgeRows(): HttpLogRow[] {
-  const base = stockRows(1, 99)[0]!;
-  return [
-    { ...base, resourceId: 0n, bytesSent: 0n, requestTimeMilli: 0n, cacheStatus: "", url: "" },
-    {
-      ...base,
-      timestamp: 0xffff_fffe,
-      resourceId: 0xffff_ffff_ffff_ffffn,
-      bytesSent: 0x8000_0000_0000_0000n,
-      responseStatus: 599,
-      method: "PROPFIND",
-      remoteAddr: "2001:db8:85a3::X",
-      url: "/ünïcödé/€/𝄞?q=\t\n\\'\"",
-    },
-    { ...base, url: "/" + "x".repeat(8191) },
-  ];
-}
 
 /** Returns the Native block inside `packed.body`, checking the envelope on the way. */
 function nativeOf(packed: PackedBatch): Uint8Array {
@@ -144,7 +125,7 @@ Deno.test("packBatch() keeps every body within bodyLimit and at least 97% full",
 });
 
 Deno.test("packBatch() bodies hold the first rowCount rows, sorted by timestamp", async (t) => {
-  const rows = [...edgeRows(), ...stockRows(3_000, 3)];
+  const rows = [...edgeRows(stockRows(1, 99)[0]!), ...stockRows(3_000, 3)];
   for (const encoding of ["native_clickhouse_zstd", "native_zstd"] as const) {
     await t.step(encoding, () => {
       const packed = packBatch(rows, {
@@ -216,7 +197,10 @@ Deno.test("packBatch() rejects invalid input with code invalid_option or row_too
   rejects("invalid_option", () => packBatch(rows, { batchId: 8n, database: "a;DROP" }));
   rejects("invalid_option", () => packBatch(rows, { batchId: 8n, bodyLimit: 10 }));
   rejects("invalid_option", () => packBatch(rows, { batchId: 8n, zstdLevel: 20 }));
-  rejects("row_too_large", () => packBatch(edgeRows().slice(2), { batchId: 8n, bodyLimit: 100 }));
+  rejects(
+    "row_too_large",
+    () => packBatch(edgeRows(stockRows(1, 99)[0]!).slice(2), { batchId: 8n, bodyLimit: 100 }),
+  );
 });
 
 Deno.test("defaultEncoding() switches to native_zstd at 23.3", () => {

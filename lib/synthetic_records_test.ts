@@ -1,19 +1,10 @@
 import assert from "node:assert/strict";
 import { AnonymizerError } from "./errors.ts";
 import { syntheticRecords } from "./synthetic_records.ts";
+import { CACHE_STATUSES } from "./_vocabulary.ts";
 
 const NOW = 1_700_000_000_000;
 const STATUSES = [200, 301, 400, 403, 404, 500, 502, 504];
-const CACHE_STATUSES = [
-  "HIT",
-  "MISS",
-  "BYPASS",
-  "STALE",
-  "EXPIRED",
-  "REVALIDATED",
-  "UPDATING",
-  "SCARCE",
-];
 const URL_SHAPE = /^(\/[a-z0-9]+){1,6}\/[a-z0-9]{4,150}(\.[a-z0-9]+)?$/;
 
 Deno.test("syntheticRecords() reproduces the same records for the same seed", async (t) => {

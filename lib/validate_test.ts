@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { AnonymizerError } from "./errors.ts";
 import type { HttpLogRecord, HttpLogRow } from "./types.ts";
 import { type RowResult, toRow, type ToRowOptions, URL_TRUNCATED_MARKER } from "./validate.ts";
+import { CACHE_STATUSES } from "./_vocabulary.ts";
 
 const NOW = 1_700_000_000_000;
 const DAY = 86_400_000;
@@ -242,16 +243,7 @@ Deno.test("toRow() keeps method and cache status to a fixed set", async (t) => {
     ]);
   });
   await t.step("cache statuses", () => {
-    const known = [
-      "HIT",
-      "MISS",
-      "BYPASS",
-      "STALE",
-      "EXPIRED",
-      "REVALIDATED",
-      "UPDATING",
-      "SCARCE",
-    ];
+    const known = CACHE_STATUSES;
     checkStored([
       {
         name: "empty: no cache involved",

@@ -12,6 +12,36 @@ import { toRow } from "../lib/validate.ts";
 export const STOCK_NOW = 1_700_000_000_000;
 
 /**
+ * Rows built from `base` whose values sit at the edges of their column
+ * types: zeros and empty strings, the largest values, non-ASCII text and a
+ * URL at the validator's 8 KiB limit.
+ *
+ * @example
+ * ```ts
+ * import { edgeRows, stockRows } from "./_stock_rows.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(edgeRows(stockRows(1, 1)[0]!).length, 3);
+ * ```
+ */
+export function edgeRows(base: HttpLogRow): HttpLogRow[] {
+  return [
+    { ...base, resourceId: 0n, bytesSent: 0n, requestTimeMilli: 0n, cacheStatus: "", url: "" },
+    {
+      ...base,
+      timestamp: 0xffff_fffe,
+      resourceId: 0xffff_ffff_ffff_ffffn,
+      bytesSent: 0x8000_0000_0000_0000n,
+      responseStatus: 599,
+      method: "PROPFIND",
+      remoteAddr: "2001:db8:85a3::X",
+      url: "/ünïcödé/€/𝄞?q=\t\n\\'\"",
+    },
+    { ...base, url: "/" + "x".repeat(8191) },
+  ];
+}
+
+/**
  * The first `count` stored rows of the stock sequence with `seed`.
  *
  * @example

@@ -12,7 +12,7 @@ import { syntheticRecords } from "../lib/synthetic_records.ts";
 import type { HttpLogRow } from "../lib/types.ts";
 import { toRow } from "../lib/validate.ts";
 import { CLICKHOUSE_URL, uniqueName } from "./_stack.ts";
-import { stockRows } from "./_stock_rows.ts";
+import { edgeRows, stockRows } from "./_stock_rows.ts";
 
 const MIB = 1_048_576;
 const NOW = 1_700_000_000_000;
@@ -21,22 +21,7 @@ const SCHEMA = new URL("../schema/clickhouse/010_http_log.sql", import.meta.url)
 /** Stock rows after a few whose values sit at the edges of their column types. */
 function testRows(seed: number): HttpLogRow[] {
   const rows = stockRows(25_000, seed);
-  const base = rows[0]!;
-  return [
-    { ...base, resourceId: 0n, bytesSent: 0n, requestTimeMilli: 0n, cacheStatus: "", url: "" },
-    {
-      ...base,
-      timestamp: 0xffff_fffe,
-      resourceId: 0xffff_ffff_ffff_ffffn,
-      bytesSent: 0x8000_0000_0000_0000n,
-      responseStatus: 599,
-      method: "PROPFIND",
-      remoteAddr: "2001:db8:85a3::X",
-      url: "/ünïcödé/€/𝄞?q=\t\n\\'\"",
-    },
-    { ...base, url: "/" + "x".repeat(8191) },
-    ...rows,
-  ];
+  return [...edgeRows(rows[0]!), ...rows];
 }
 
 function rowKey(row: HttpLogRow): string {
