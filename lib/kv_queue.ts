@@ -142,7 +142,7 @@ export interface PacerState {
 export interface QueueStats {
   /** Rows appended and not yet sealed (pending and owned). */
   queuedRows: number;
-  /** RowBinary bytes of those rows. */
+  /** RowBinary bytes of the oldest chunk of each partition: a cheap sample, not the total. */
   queuedBytes: number;
   /** Rows in the sealed batch. */
   sealedRows: number;

@@ -8,30 +8,11 @@
  * @module
  */
 import { encodeRecord } from "../lib/encode_record.ts";
-import type { HttpLogRecord } from "../lib/types.ts";
+import type { HttpLogRecord, HttpLogRow } from "../lib/types.ts";
 import { seededRandom } from "./_seeded_random.ts";
 
-/** A row as ClickHouse must hold it (the columns anonymizer writes, `batch_id` aside). */
-export interface StoredForm {
-  /** `timestamp`, whole seconds. */
-  timestamp: number;
-  /** `resource_id`. */
-  resourceId: bigint;
-  /** `bytes_sent`. */
-  bytesSent: bigint;
-  /** `request_time_milli`. */
-  requestTimeMilli: bigint;
-  /** `response_status`. */
-  responseStatus: number;
-  /** `cache_status`. */
-  cacheStatus: string;
-  /** `method`. */
-  method: string;
-  /** `remote_addr`, masked. */
-  remoteAddr: string;
-  /** `url`. */
-  url: string;
-}
+/** A row as ClickHouse must hold it: the columns anonymizer writes, `batch_id` aside. */
+export type StoredForm = HttpLogRow;
 
 /** What must become of a message. */
 export type Expected =

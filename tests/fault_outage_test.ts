@@ -35,6 +35,7 @@ import {
   uniqueName,
 } from "./_stack.ts";
 import { assertTotalsMatch } from "./_totals.ts";
+import { stockRows } from "./_stock_rows.ts";
 
 /** How long ClickHouse stays down once it has exited, ms. */
 const OUTAGE_MS = 200_000;
@@ -320,17 +321,7 @@ Deno.test("anonymizer /metrics reports the KV queue as it is at the scrape", asy
       lag: () => ({}),
       backpressure: () => false,
     });
-    const row = {
-      timestamp: 1_700_000_000,
-      resourceId: 1n,
-      bytesSent: 2n,
-      requestTimeMilli: 3n,
-      responseStatus: 200,
-      cacheStatus: "HIT",
-      method: "GET",
-      remoteAddr: "1.2.3.X",
-      url: "/a",
-    };
+    const row = stockRows(1, 1)[0]!;
     await t.step("an empty queue scrapes as 0 rows", async () => {
       assert.equal(gauge(await metrics.registry.metrics(), "anonymizer_queue_rows"), 0);
     });
