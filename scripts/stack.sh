@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
-# The local stack on 127.0.0.1 only: Kafka (single-node KRaft), ClickHouse
-# 18.16 and ch-proxy (nginx with the production rate limit in front of
-# ClickHouse). Every daemon is started from here, tracked by a pid file and
-# stopped only through it.
+# The local stack on 127.0.0.1 only: Kafka (single-node KRaft), the ClickHouse
+# servers and one ch-proxy (nginx with the production rate limit) in front of
+# each. Two ClickHouse servers can run: Debian's 18.16, and a modern one
+# (ClickHouse 26.9 inside PyPI's chdb, served over its real HTTP interface by
+# stack/chdb_server.py). Every daemon is started from here, tracked by a pid
+# file and stopped only through it.
 #
 # Usage: bash scripts/stack.sh up|down|status
 #   up      install what is missing, start what is not running, wait until all
 #           is healthy, create topic http_log. Safe to run again at any time.
 #   down    stop what this STACK_DIR started and wait for it to exit.
-#   status  show what runs; exits 0 when all three run, 3 otherwise.
+#   status  show what runs; exits 0 when every chosen part runs, 3 otherwise.
 # Env:
 #   STACK_DIR         data, logs and pid files. Default: <repo>/.stack
+#   STACK_CLICKHOUSE  which ClickHouse servers: 18.16, modern or both. Default: both
 #   STACK_PROXY_RATE  ch-proxy limit_req rate, e.g. 60r/m. Default: 1r/m (production)
 #   STACK_REUSE       1 to use a healthy service that another folder started on
 #                     a stack port instead of failing. Default: 0
+#
+# Ports: Kafka 9092; ClickHouse 18.16 HTTP 8123 (native 9000) behind ch-proxy
+# 8124; modern ClickHouse HTTP 8125 behind ch-proxy 8126.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STACK_DIR="${STACK_DIR:-$ROOT/.stack}"
 PROXY_RATE="${STACK_PROXY_RATE:-1r/m}"
+SERVERS="${STACK_CLICKHOUSE:-both}"
 REUSE="${STACK_REUSE:-0}"
 RUN="$STACK_DIR/run"
 LOGS="$STACK_DIR/logs"
@@ -28,12 +35,17 @@ KAFKA_DATA="$STACK_DIR/kafka/data"
 CH_CONFIG="$STACK_DIR/clickhouse/config.xml"
 PROXY_DIR="$STACK_DIR/ch-proxy"
 PROXY_CONF="$PROXY_DIR/nginx.conf"
+MODERN_DIR="$STACK_DIR/clickhouse-modern"
+MODERN_PROXY_DIR="$STACK_DIR/ch-proxy-modern"
+MODERN_PROXY_CONF="$MODERN_PROXY_DIR/nginx.conf"
 TOPIC=http_log
 TOPIC_PARTITIONS=3
 # The pid each start_* function leaves for wait_until; empty for a reused service.
 CLICKHOUSE_WATCH=""
 KAFKA_WATCH=""
 PROXY_WATCH=""
+MODERN_WATCH=""
+MODERN_PROXY_WATCH=""
 # Extra nginx -g directives; see start_proxy.
 NGINX_GLOBALS=()
 # Debian puts nginx and clickhouse-server in sbin, which a non-login PATH may lack.
@@ -74,6 +86,11 @@ live_pid() {
 kafka_pid() { live_pid "$RUN/kafka.pid" "$KAFKA_PROPS"; }
 clickhouse_pid() { live_pid "$RUN/clickhouse.pid" "$CH_CONFIG"; }
 proxy_pid() { live_pid "$PROXY_DIR/nginx.pid" "$PROXY_CONF"; }
+modern_pid() { live_pid "$RUN/clickhouse-modern.pid" "$MODERN_DIR"; }
+modern_proxy_pid() { live_pid "$MODERN_PROXY_DIR/nginx.pid" "$MODERN_PROXY_CONF"; }
+
+want_legacy() { [[ "$SERVERS" == 18.16 || "$SERVERS" == both ]]; }
+want_modern() { [[ "$SERVERS" == modern || "$SERVERS" == both ]]; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -172,48 +189,68 @@ start_kafka() {
   printf '%s\n' "$!" >"$RUN/kafka.pid"
 }
 
+# start_proxy NAME DIR LISTEN_PORT UPSTREAM_PORT: one stock ch-proxy; sets PROXY_STARTED
+# to the pid to watch (empty when it already ran or is reused).
 start_proxy() {
-  local pid new="$PROXY_DIR/nginx.conf.new" check
+  local name="$1" dir="$2" port="$3" upstream="$4" pid conf="$2/nginx.conf" new="$2/nginx.conf.new" check
+  local log_base="$LOGS/${name}"
+  PROXY_STARTED=""
   [[ "$PROXY_RATE" =~ ^[1-9][0-9]*r/[sm]$ ]] ||
-    fail "Cannot start ch-proxy as STACK_PROXY_RATE must look like 1r/m or 10r/s: current value is \"$PROXY_RATE\""
-  mkdir -p "$PROXY_DIR"
+    fail "Cannot start $name as STACK_PROXY_RATE must look like 1r/m or 10r/s: current value is \"$PROXY_RATE\""
+  mkdir -p "$dir"
   # A root master runs workers as nobody, and they write body temp files (any
-  # body over 16 KiB) in PROXY_DIR: without access every such INSERT gets 500.
-  if ((EUID == 0)) && ! runuser -u nobody -- test -x "$PROXY_DIR"; then
-    say "ch-proxy: WARNING: nginx workers (user nobody) cannot enter $PROXY_DIR, so they run as root; give its parent folders o+x to avoid this"
+  # body over 16 KiB) in the state folder: without access every such INSERT gets 500.
+  if ((EUID == 0)) && ! runuser -u nobody -- test -x "$dir"; then
+    say "$name: WARNING: nginx workers (user nobody) cannot enter $dir, so they run as root; give its parent folders o+x to avoid this"
     NGINX_GLOBALS=(-g "user root;")
   fi
   render "$ROOT/stack/nginx.conf.tmpl" "$new" \
-    "listen=127.0.0.1:8124" "upstream=127.0.0.1:8123" "rate=$PROXY_RATE" \
-    "state_dir=$PROXY_DIR" "access_log=$LOGS/ch-proxy.access.log" \
-    "error_log=$LOGS/ch-proxy.error.log" "client_max_body_size="
-  if ! check="$(nginx -t -q "${NGINX_GLOBALS[@]}" -p "$PROXY_DIR" -c "$new" -e "$LOGS/ch-proxy.error.log" 2>&1)"; then
-    fail "Cannot start ch-proxy as nginx rejects $new: $check"
+    "listen=127.0.0.1:$port" "upstream=127.0.0.1:$upstream" "rate=$PROXY_RATE" \
+    "state_dir=$dir" "access_log=$log_base.access.log" \
+    "error_log=$log_base.error.log" "client_max_body_size="
+  if ! check="$(nginx -t -q "${NGINX_GLOBALS[@]}" -p "$dir" -c "$new" -e "$log_base.error.log" 2>&1)"; then
+    fail "Cannot start $name as nginx rejects $new: $check"
   fi
-  pid="$(proxy_pid)"
-  PROXY_WATCH="$pid"
+  pid="$(live_pid "$dir/nginx.pid" "$conf")"
+  PROXY_STARTED="$pid"
   if [[ -n "$pid" ]]; then
-    if cmp -s "$new" "$PROXY_CONF"; then
+    if cmp -s "$new" "$conf"; then
       rm -f "$new"
-      say "ch-proxy: already running (pid $pid, rate $PROXY_RATE)"
+      say "$name: already running (pid $pid, rate $PROXY_RATE)"
     else
-      mv "$new" "$PROXY_CONF"
+      mv "$new" "$conf"
       # A reload keeps the ch-limit zone, so the request slot survives it.
       kill -HUP "$pid"
-      say "ch-proxy: already running (pid $pid); configuration changed, reloaded with rate $PROXY_RATE"
+      say "$name: already running (pid $pid); configuration changed, reloaded with rate $PROXY_RATE"
     fi
     return
   fi
-  if ! ports_free ch-proxy 8124; then
+  if ! ports_free "$name" "$port"; then
     rm -f "$new"
     return
   fi
-  mv "$new" "$PROXY_CONF"
-  say "ch-proxy: starting nginx (rate $PROXY_RATE, access log $LOGS/ch-proxy.access.log)"
+  mv "$new" "$conf"
+  say "$name: starting nginx on 127.0.0.1:$port -> 127.0.0.1:$upstream (rate $PROXY_RATE, access log $log_base.access.log)"
   # nginx writes its own pid file (pid directive in the template).
-  launch "$LOGS/ch-proxy.out" \
-    nginx "${NGINX_GLOBALS[@]}" -p "$PROXY_DIR" -c "$PROXY_CONF" -e "$LOGS/ch-proxy.error.log"
-  PROXY_WATCH="$!"
+  launch "$log_base.out" \
+    nginx "${NGINX_GLOBALS[@]}" -p "$dir" -c "$conf" -e "$log_base.error.log"
+  PROXY_STARTED="$!"
+}
+
+start_modern() {
+  local pid
+  pid="$(modern_pid)"
+  MODERN_WATCH="$pid"
+  if [[ -n "$pid" ]]; then
+    say "ClickHouse modern: already running (pid $pid)"
+    return
+  fi
+  ports_free "ClickHouse modern" 8125 || return 0
+  mkdir -p "$MODERN_DIR"
+  say "ClickHouse modern: starting chDB's ClickHouse HTTP server (data in $MODERN_DIR, log $LOGS/clickhouse-modern.log)"
+  launch "$LOGS/clickhouse-modern.log" python3 "$ROOT/stack/chdb_server.py" "$MODERN_DIR" 8125
+  MODERN_WATCH="$!"
+  printf '%s\n' "$!" >"$RUN/clickhouse-modern.pid"
 }
 
 # show_logs NAME: the last lines of the logs that tell why NAME did not start.
@@ -223,6 +260,8 @@ show_logs() {
     ClickHouse) set -- "$LOGS/clickhouse-server.err.log" ;;
     Kafka) set -- "$LOGS/kafka.out" "$LOGS/kafka.log" ;;
     ch-proxy) set -- "$LOGS/ch-proxy.out" "$LOGS/ch-proxy.error.log" ;;
+    ch-proxy-modern) set -- "$LOGS/ch-proxy-modern.out" "$LOGS/ch-proxy-modern.error.log" ;;
+    "ClickHouse modern") set -- "$LOGS/clickhouse-modern.log" ;;
   esac
   for log in "$@"; do
     if [[ -s "$log" ]]; then
@@ -258,8 +297,12 @@ clickhouse_healthy() {
   [[ "$(curl -fsS --max-time 2 'http://127.0.0.1:8123/?query=SELECT%201' 2>/dev/null)" == 1 ]]
 }
 
+modern_healthy() {
+  [[ "$(curl -fsS --max-time 2 'http://127.0.0.1:8125/ping' 2>/dev/null)" == Ok. ]]
+}
+
 # A TCP connect only: any HTTP request would use up the proxy's request slot.
-proxy_listening() { port_open 8124; }
+proxy_listening() { port_open "$1"; }
 
 # Creating the topic is the metadata round trip that proves Kafka serves clients.
 kafka_topic_ready() {
@@ -285,25 +328,54 @@ lock_stack() {
 
 cmd_up() {
   local started=$SECONDS
+  check_servers
   mkdir -p "$RUN" "$LOGS"
   lock_stack
   STACK_DIR="$STACK_DIR" bash "$ROOT/scripts/install.sh"
-  # All three start at once; Kafka is the slow one, so it is awaited last.
-  start_clickhouse
+  # Everything starts at once; Kafka is the slow one, so it is awaited last.
+  if want_legacy; then
+    start_clickhouse
+    start_proxy ch-proxy "$PROXY_DIR" 8124 8123
+    PROXY_WATCH="$PROXY_STARTED"
+  fi
+  if want_modern; then
+    start_modern
+    start_proxy ch-proxy-modern "$MODERN_PROXY_DIR" 8126 8125
+    MODERN_PROXY_WATCH="$PROXY_STARTED"
+  fi
   start_kafka
-  start_proxy
-  wait_until ClickHouse "$CLICKHOUSE_WATCH" 60 clickhouse_healthy
-  wait_until ch-proxy "$PROXY_WATCH" 20 proxy_listening
+  if want_legacy; then
+    wait_until ClickHouse "$CLICKHOUSE_WATCH" 60 clickhouse_healthy
+    wait_until ch-proxy "$PROXY_WATCH" 20 proxy_listening 8124
+  fi
+  if want_modern; then
+    wait_until "ClickHouse modern" "$MODERN_WATCH" 60 modern_healthy
+    wait_until ch-proxy-modern "$MODERN_PROXY_WATCH" 20 proxy_listening 8126
+  fi
   wait_until Kafka "$KAFKA_WATCH" 120 kafka_topic_ready
-  cat <<EOF
-[stack] up in $((SECONDS - started)) s
-  Kafka       127.0.0.1:9092          topic $TOPIC ($TOPIC_PARTITIONS partitions)
-  ClickHouse  http://127.0.0.1:8123   native protocol on 127.0.0.1:9000
-  ch-proxy    http://127.0.0.1:8124   -> ClickHouse, limit $PROXY_RATE per client, no burst, 1 MiB body limit
-  state       $STACK_DIR
-  logs        $LOGS (ch-proxy access log: ch-proxy.access.log)
-  stop with   bash scripts/stack.sh down
-EOF
+  printf '[stack] up in %s s\n' "$((SECONDS - started))"
+  printf '  Kafka             127.0.0.1:9092          topic %s (%s partitions)\n' "$TOPIC" "$TOPIC_PARTITIONS"
+  if want_legacy; then
+    printf '  ClickHouse 18.16  http://127.0.0.1:8123   native protocol on 127.0.0.1:9000\n'
+    printf '  ch-proxy          http://127.0.0.1:8124   -> 18.16, limit %s per client, no burst, 1 MiB body limit\n' "$PROXY_RATE"
+  fi
+  if want_modern; then
+    printf '  ClickHouse modern http://127.0.0.1:8125   %s\n' "$(modern_version)"
+    printf '  ch-proxy-modern   http://127.0.0.1:8126   -> modern, limit %s per client, no burst, 1 MiB body limit\n' "$PROXY_RATE"
+  fi
+  printf '  state             %s\n' "$STACK_DIR"
+  printf '  logs              %s (access logs: ch-proxy*.access.log)\n' "$LOGS"
+  printf '  stop with         bash scripts/stack.sh down\n'
+}
+
+check_servers() {
+  [[ "$SERVERS" == 18.16 || "$SERVERS" == modern || "$SERVERS" == both ]] ||
+    fail "Cannot run as STACK_CLICKHOUSE must be 18.16, modern or both: current value is \"$SERVERS\""
+}
+
+modern_version() {
+  curl -fsS --max-time 2 'http://127.0.0.1:8125/?query=SELECT%20version()%20FORMAT%20TSV' 2>/dev/null |
+    sed 's/^/ClickHouse /' || echo 'version unknown'
 }
 
 # stop NAME PID SIGNAL: asks the process to stop; the caller waits.
@@ -334,43 +406,59 @@ wait_exit() {
 }
 
 cmd_down() {
-  local proxy kafka clickhouse
+  local proxy modern_proxy kafka clickhouse modern
   mkdir -p "$RUN"
   lock_stack
+  # down stops every part this STACK_DIR started, whichever STACK_CLICKHOUSE started it.
   proxy="$(proxy_pid)"
+  modern_proxy="$(modern_proxy_pid)"
   kafka="$(kafka_pid)"
   clickhouse="$(clickhouse_pid)"
-  # TERM is a clean shutdown for all three; nginx's graceful QUIT could wait
+  modern="$(modern_pid)"
+  # TERM is a clean shutdown for all of them; nginx's graceful QUIT could wait
   # proxy_read_timeout (300 s) for a slow query.
   stop ch-proxy "$proxy" TERM
+  stop ch-proxy-modern "$modern_proxy" TERM
   stop Kafka "$kafka" TERM
   stop ClickHouse "$clickhouse" TERM
+  stop "ClickHouse modern" "$modern" TERM
   wait_exit ch-proxy "$proxy" 30
+  wait_exit ch-proxy-modern "$modern_proxy" 30
   wait_exit Kafka "$kafka" 60
   wait_exit ClickHouse "$clickhouse" 60
-  rm -f "$RUN/kafka.pid" "$RUN/clickhouse.pid" "$PROXY_DIR/nginx.pid"
+  wait_exit "ClickHouse modern" "$modern" 60
+  rm -f "$RUN/kafka.pid" "$RUN/clickhouse.pid" "$RUN/clickhouse-modern.pid" \
+    "$PROXY_DIR/nginx.pid" "$MODERN_PROXY_DIR/nginx.pid"
 }
 
 # show NAME PID PORT ENDPOINT: one status line; returns 1 when not running.
 show() {
   if [[ -n "$2" ]]; then
-    printf '  %-11s running  pid %-8s %s\n' "$1" "$2" "$4"
+    printf '  %-17s running  pid %-8s %s\n' "$1" "$2" "$4"
   elif port_open "$3"; then
-    printf '  %-11s not started from here; 127.0.0.1:%s is served by %s\n' "$1" "$3" "$(port_holder "$3")"
+    printf '  %-17s not started from here; 127.0.0.1:%s is served by %s\n' "$1" "$3" "$(port_holder "$3")"
     return 1
   else
-    printf '  %-11s stopped\n' "$1"
+    printf '  %-17s stopped\n' "$1"
     return 1
   fi
 }
 
 cmd_status() {
   local rc=0
-  say "state in $STACK_DIR, logs in $LOGS"
+  check_servers
+  say "state in $STACK_DIR, logs in $LOGS, ClickHouse servers: $SERVERS"
   show Kafka "$(kafka_pid)" 9092 "127.0.0.1:9092" || rc=3
-  show ClickHouse "$(clickhouse_pid)" 8123 "http://127.0.0.1:8123" || rc=3
-  show ch-proxy "$(proxy_pid)" 8124 \
-    "http://127.0.0.1:8124 ($(grep -o 'rate=[^;]*' "$PROXY_CONF" 2>/dev/null || echo 'rate unknown'))" || rc=3
+  if want_legacy; then
+    show "ClickHouse 18.16" "$(clickhouse_pid)" 8123 "http://127.0.0.1:8123" || rc=3
+    show ch-proxy "$(proxy_pid)" 8124 \
+      "http://127.0.0.1:8124 -> 18.16 ($(grep -o 'rate=[^;]*' "$PROXY_CONF" 2>/dev/null || echo 'rate unknown'))" || rc=3
+  fi
+  if want_modern; then
+    show "ClickHouse modern" "$(modern_pid)" 8125 "http://127.0.0.1:8125 ($(modern_version))" || rc=3
+    show ch-proxy-modern "$(modern_proxy_pid)" 8126 \
+      "http://127.0.0.1:8126 -> modern ($(grep -o 'rate=[^;]*' "$MODERN_PROXY_CONF" 2>/dev/null || echo 'rate unknown'))" || rc=3
+  fi
   return "$rc"
 }
 

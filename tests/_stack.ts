@@ -20,6 +20,59 @@ export const KAFKA_BROKERS: string = Deno.env.get("TEST_KAFKA_BROKERS") ?? "127.
 export const CLICKHOUSE_URL: string = Deno.env.get("TEST_CLICKHOUSE_URL") ??
   "http://127.0.0.1:8123";
 
+/** One ClickHouse server of the stack that the tests run against. */
+export interface ClickHouseTarget {
+  /** `"18.16"` (Debian's clickhouse-server) or `"modern"` (ClickHouse 26.9 in chDB, over HTTP). */
+  readonly name: "18.16" | "modern";
+  /** Its HTTP endpoint, without the proxy. */
+  readonly url: string;
+  /** The stack's shared ch-proxy in front of it. */
+  readonly proxyUrl: string;
+}
+
+const ALL_TARGETS: readonly ClickHouseTarget[] = [
+  {
+    name: "18.16",
+    url: Deno.env.get("TEST_CLICKHOUSE_URL") ?? "http://127.0.0.1:8123",
+    proxyUrl: Deno.env.get("TEST_PROXY_URL") ?? "http://127.0.0.1:8124",
+  },
+  {
+    name: "modern",
+    url: Deno.env.get("TEST_MODERN_CLICKHOUSE_URL") ?? "http://127.0.0.1:8125",
+    proxyUrl: Deno.env.get("TEST_MODERN_PROXY_URL") ?? "http://127.0.0.1:8126",
+  },
+];
+
+/**
+ * The ClickHouse servers every ClickHouse test runs on, chosen by env
+ * `TEST_CLICKHOUSE`: `18.16`, `modern` or `both` (the default), as
+ * `STACK_CLICKHOUSE` chooses what `scripts/stack.sh up` starts. A test loops
+ * over them, so each server gets its own named test.
+ *
+ * @example One test per server
+ * ```ts
+ * import { CLICKHOUSE_TARGETS } from "./_stack.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.ok(CLICKHOUSE_TARGETS.length >= 1);
+ * for (const target of CLICKHOUSE_TARGETS) assert.match(target.url, /^http:\/\/127\./);
+ * ```
+ */
+export const CLICKHOUSE_TARGETS: readonly ClickHouseTarget[] = (() => {
+  const chosen = Deno.env.get("TEST_CLICKHOUSE") ?? "both";
+  if (chosen === "both") return ALL_TARGETS;
+  const one = ALL_TARGETS.filter((t) => t.name === chosen);
+  if (one.length === 0) {
+    throw new AnonymizerError(
+      `Cannot choose test servers as TEST_CLICKHOUSE must be 18.16, modern or both: current value is ${
+        JSON.stringify(chosen)
+      }`,
+      { code: "test_config_invalid" },
+    );
+  }
+  return one;
+})();
+
 /**
  * The shared ch-proxy in front of ClickHouse. Its one request a minute is
  * shared by everyone using the stack: a test that needs a request slot of its
