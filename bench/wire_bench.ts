@@ -15,12 +15,8 @@
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { packBatch } from "../lib/pack_batch.ts";
-import { syntheticRecords } from "../lib/synthetic_records.ts";
-import type { HttpLogRow } from "../lib/types.ts";
-import { toRow } from "../lib/validate.ts";
 import { stockRows } from "../tests/_stock_rows.ts";
 
-const NOW = 1_700_000_000_000;
 const BODY_LIMIT = 1_048_576;
 /** Untimed packs first, so the JIT has compiled the hot loops. */
 const WARMUP_REQUESTS = 2;

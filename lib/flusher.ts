@@ -14,8 +14,9 @@ import { getLogger } from "@logtape/logtape";
 import type { ClickHouseClient } from "./clickhouse_client.ts";
 import { ClickHouseError } from "./errors.ts";
 import type { BatchMeta, KvQueue, PackResult } from "./kv_queue.ts";
-import { isModern } from "./migrate.ts";
 import { nextSlotAt } from "./pacer.ts";
+import { type ServerProfile, serverProfile, UnsupportedServerError } from "./server_version.ts";
+import { type DedupStrategy, insertSettings } from "./_insert_settings.ts";
 import { pacedRequest } from "./_paced_request.ts";
 import type { HttpLogRow } from "./types.ts";
 
@@ -162,6 +163,7 @@ export class Flusher {
   #lastRefusedAt: number | null = null;
   #status: FlusherStatus = { nextSlotAt: 0, inflight: false, serverVersion: null, last: null };
   #bytesPerRow = 0;
+  #profile: ServerProfile | null = null;
 
   /** A flusher for `queue`, sending through `client` (pointed at ch-proxy). */
   constructor(queue: KvQueue, client: ClickHouseClient, options: FlusherOptions = {}) {
@@ -247,7 +249,37 @@ export class Flusher {
         inflightSince: null,
       });
     }
-    this.#status.serverVersion = (await this.#queue.server())?.version ?? null;
+    const cached = (await this.#queue.server())?.version;
+    if (cached !== undefined) this.#learnVersion(cached);
+  }
+
+  /**
+   * Takes the server's version, or refuses it: a release anonymizer does not
+   * know gets no request but the next version check, so no batch can take a
+   * wrong path. Returns whether the version is usable.
+   */
+  #learnVersion(version: string): boolean {
+    try {
+      this.#profile = serverProfile(version);
+    } catch (err) {
+      if (!(err instanceof UnsupportedServerError)) throw err;
+      this.#profile = null;
+      this.#status.serverVersion = null;
+      log.error("{error}; rows stay queued, and the version is checked again in 10 minutes", {
+        error: err.message,
+        url: this.#client.url,
+      });
+      return false;
+    }
+    this.#status.serverVersion = this.#profile.version;
+    if (this.#opts.dedup === "token" && !this.#profile.modern) {
+      log.error(
+        "CLICKHOUSE_DEDUP=token needs ClickHouse 23.3 or later, but the server is {version}; " +
+          "unknown outcomes are resolved with a check instead",
+        { version: this.#profile.version },
+      );
+    }
+    return true;
   }
 
   async #slot(): Promise<number> {
@@ -260,16 +292,22 @@ export class Flusher {
   async #step(): Promise<void> {
     if (this.#status.serverVersion === null) {
       if (!await this.#sleepUntil(await this.#slot())) return;
+      // The format is named: a server's default output format is its own setting.
       const text = await this.#paced(
         "version",
         {},
-        (signal) => this.#client.query("SELECT version()", { signal, what: "version check" }),
+        (signal) =>
+          this.#client.query("SELECT version() FORMAT TabSeparated", {
+            signal,
+            what: "version check",
+          }),
       );
-      if (text !== null) {
-        const version = text.trim();
-        await this.#queue.setServer({ version, checkedAt: this.#opts.now() });
-        this.#status.serverVersion = version;
+      if (text === null) return;
+      if (!this.#learnVersion(text)) {
+        await this.#sleep(600_000);
+        return;
       }
+      await this.#queue.setServer({ version: this.#profile!.version, checkedAt: this.#opts.now() });
       return;
     }
     let batch = await this.#queue.batch();
@@ -290,10 +328,10 @@ export class Flusher {
     }
   }
 
-  #strategy(): "check" | "token" {
-    if (this.#opts.dedup !== "auto") return this.#opts.dedup;
+  #strategy(): DedupStrategy {
     // Tokens need the tables' deduplication windows, which migrate sets on modern servers only.
-    return isModern(this.#status.serverVersion ?? "0") ? "token" : "check";
+    if (this.#profile?.modern !== true) return "check";
+    return this.#opts.dedup === "auto" ? "token" : this.#opts.dedup;
   }
 
   async #seal(): Promise<BatchMeta | null> {
@@ -326,10 +364,10 @@ export class Flusher {
     const { query: sql, ...params } = batch.query;
     // Lets a later check see whether ClickHouse is still running this INSERT.
     params.query_id = `anonymizer-batch-${batch.id}-${batch.attempts + 1}`;
-    if (this.#strategy() === "token") {
-      params.insert_deduplication_token = String(batch.id);
-      params.deduplicate_blocks_in_dependent_materialized_views = "1";
-    }
+    Object.assign(
+      params,
+      insertSettings(this.#profile!, { dedup: this.#strategy(), batchId: batch.id }),
+    );
     await this.#queue.markSending(batch.id);
     log.debug("Sending INSERT of batch {batchId}: {rows} rows, {bytes} bytes, attempt {attempt}", {
       batchId: String(batch.id),

@@ -10,6 +10,7 @@
  */
 import { getLogger } from "@logtape/logtape";
 import type { ClickHouseClient } from "./clickhouse_client.ts";
+import { serverProfile } from "./server_version.ts";
 
 /** What {@linkcode migrate} needs of a connection: {@linkcode ClickHouseClient.query}. */
 export type SqlRunner = Pick<ClickHouseClient, "query">;
@@ -27,7 +28,9 @@ export interface SchemaStatement {
 }
 
 /**
- * Whether `version` is a modern server (23.3 or later): codecs, TTL and Native type conversion.
+ * Whether `version` is a modern server (23.3 or later): codecs, TTL and Native
+ * type conversion. Throws as {@linkcode serverProfile} does for a release
+ * anonymizer does not know.
  *
  * @example
  * ```ts
@@ -39,8 +42,7 @@ export interface SchemaStatement {
  * ```
  */
 export function isModern(version: string): boolean {
-  const [major = 0, minor = 0] = version.split(".").map(Number);
-  return major > 23 || (major === 23 && minor >= 3);
+  return serverProfile(version).modern;
 }
 
 /**

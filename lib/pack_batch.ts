@@ -11,6 +11,7 @@ import { AnonymizerError } from "./errors.ts";
 import type { HttpLogRow } from "./types.ts";
 import { encodeNative, NATIVE_COLUMNS } from "./_native_format.ts";
 import { CLICKHOUSE_BLOCK_OVERHEAD, clickHouseBlock, zstdFrame } from "./_compress.ts";
+import { serverProfile } from "./server_version.ts";
 
 /**
  * How a body is encoded. Both carry one `Native` block whose column types
@@ -71,8 +72,6 @@ export interface InsertStatementOptions {
 const DEFAULT_BODY_LIMIT = 1_048_576;
 const DEFAULT_SERVER_VERSION = "18.16.1";
 const DEFAULT_ZSTD_LEVEL = 8;
-/** First release that is "modern" in schema/clickhouse/README.md. */
-const MODERN_SINCE: readonly [number, number] = [23, 3];
 /** Smallest accepted fill when more rows are offered than fit. */
 const MIN_FILL = 0.97;
 /**
@@ -102,7 +101,7 @@ const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/;
  * `"native_zstd"` from 23.3 on (the "modern" servers of the schema templates,
  * which decode zstd request bodies), `"native_clickhouse_zstd"` before.
  * Throws {@linkcode AnonymizerError} with code `"invalid_option"` when the
- * version does not start with `major.minor`.
+ * version is not 18.16 or later in `major.minor` form.
  *
  * @example
  * ```ts
@@ -114,12 +113,14 @@ const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/;
  * ```
  */
 export function defaultEncoding(serverVersion: string): WireEncoding {
-  const match = /^(\d+)\.(\d+)(\.|$)/.exec(serverVersion);
-  if (match === null) {
-    throw invalidOption("serverVersion", serverVersion, "must start with major.minor");
+  let modern: boolean;
+  try {
+    modern = serverProfile(serverVersion).modern;
+  } catch (cause) {
+    throw invalidOption("serverVersion", serverVersion, "must be 18.16 or later as major.minor", {
+      cause,
+    });
   }
-  const major = Number(match[1]), minor = Number(match[2]);
-  const modern = major > MODERN_SINCE[0] || (major === MODERN_SINCE[0] && minor >= MODERN_SINCE[1]);
   return modern ? "native_zstd" : "native_clickhouse_zstd";
 }
 
@@ -303,12 +304,17 @@ function rowsWithinRawBytes(rows: readonly HttpLogRow[], offered: number, limit:
   return offered;
 }
 
-function invalidOption(name: string, value: unknown, rule: string): AnonymizerError {
+function invalidOption(
+  name: string,
+  value: unknown,
+  rule: string,
+  options: { cause?: unknown } = {},
+): AnonymizerError {
   return new AnonymizerError(
     `Cannot pack a batch as option ${name} ${rule}: current value is ${
       JSON.stringify(String(value))
     }`,
-    { code: "invalid_option" },
+    { code: "invalid_option", cause: options.cause },
   );
 }
 

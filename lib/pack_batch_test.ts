@@ -3,13 +3,10 @@ import { zstdDecompressSync } from "node:zlib";
 import { defaultEncoding, packBatch, type PackedBatch } from "./pack_batch.ts";
 import { cityHash128 } from "./_cityhash128.ts";
 import { AnonymizerError } from "./errors.ts";
-import { syntheticRecords } from "./synthetic_records.ts";
 import type { HttpLogRow } from "./types.ts";
-import { toRow } from "./validate.ts";
 import { edgeRows, stockRows } from "../tests/_stock_rows.ts";
 
 const MIB = 1_048_576;
-const NOW = 1_700_000_000_000;
 
 /** Returns the Native block inside `packed.body`, checking the envelope on the way. */
 function nativeOf(packed: PackedBatch): Uint8Array {

@@ -65,7 +65,7 @@ def main() -> int:
                 "SYSTEM START LISTEN HTTP; "
                 f"SELECT sleepEachRow(1), '{SERVE_ID}' FROM system.numbers FORMAT Null "
                 "SETTINGS max_block_size = 1",
-                "CSV",
+                "TabSeparated",
                 path=data_dir,
             )
         except Exception as err:  # the engine reports every failure as a plain Exception

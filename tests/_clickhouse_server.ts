@@ -1,21 +1,32 @@
 /**
- * A private ClickHouse 18.16 server for tests that stop and restart
- * ClickHouse: rendered from the stack's `stack/clickhouse-config.xml.tmpl`
- * and `stack/clickhouse-users.xml` as scripts/stack.sh renders them, but on
- * free loopback ports and with a temp data folder, so stopping it never
- * touches the shared stack.
+ * A private ClickHouse server for tests that stop and restart ClickHouse, of
+ * either kind the stack runs: 18.16, rendered from the stack's
+ * `stack/clickhouse-config.xml.tmpl` and `stack/clickhouse-users.xml` as
+ * scripts/stack.sh renders them; or modern, ClickHouse 26.9 in chDB served by
+ * `stack/chdb_server.py` as the stack serves it. Either runs on free loopback
+ * ports with a temp data folder, so stopping it never touches the shared
+ * stack.
  *
  * @module
  */
 import { AnonymizerError } from "../lib/errors.ts";
-import { fillTemplate, freePort, readOrEmpty } from "./_stack.ts";
+import {
+  CLICKHOUSE_TARGET,
+  type ClickHouseTarget,
+  fillTemplate,
+  freePort,
+  readOrEmpty,
+} from "./_stack.ts";
 
 const CONFIG_TEMPLATE = new URL("../stack/clickhouse-config.xml.tmpl", import.meta.url);
 const USERS_CONFIG = new URL("../stack/clickhouse-users.xml", import.meta.url);
 const SCHEMA_DIR = new URL("../schema/", import.meta.url);
+const CHDB_SERVER = new URL("../stack/chdb_server.py", import.meta.url);
 
 /** Options of {@linkcode startClickHouseServer}. */
 export interface StartClickHouseServerOptions {
+  /** Which server: `"18.16"` or `"modern"`. Default: the test run's, {@linkcode CLICKHOUSE_TARGET}. */
+  kind?: ClickHouseTarget["name"];
   /** How long to wait for `SELECT 1` after each start, ms. Default: `60_000`. */
   startTimeoutMs?: number;
   /** How long `stop()` waits after SIGTERM before SIGKILL, ms. Default: `60_000`. */
@@ -24,6 +35,8 @@ export interface StartClickHouseServerOptions {
 
 /** A private ClickHouse server started by {@linkcode startClickHouseServer}. */
 export interface ClickHouseServer extends AsyncDisposable {
+  /** Which server this is. */
+  readonly kind: ClickHouseTarget["name"];
   /** HTTP endpoint, e.g. `"http://127.0.0.1:40123"`; the same across restarts. */
   readonly url: string;
   /** HTTP `host:port`, for `startProxy({ upstream })`. */
@@ -89,6 +102,7 @@ class PortTakenError extends AnonymizerError {
 }
 
 class PrivateServer implements ClickHouseServer {
+  readonly kind: ClickHouseTarget["name"];
   readonly url: string;
   readonly httpHostPort: string;
   readonly tcpPort: number;
@@ -105,6 +119,7 @@ class PrivateServer implements ClickHouseServer {
 
   constructor(dir: string, template: string, options: StartClickHouseServerOptions) {
     this.dir = dir;
+    this.kind = options.kind ?? CLICKHOUSE_TARGET.name;
     const httpPort = freePort();
     let tcpPort = freePort();
     while (tcpPort === httpPort) tcpPort = freePort();
@@ -112,7 +127,9 @@ class PrivateServer implements ClickHouseServer {
     this.httpHostPort = `127.0.0.1:${httpPort}`;
     this.url = `http://${this.httpHostPort}`;
     this.#config = `${dir}/config.xml`;
-    this.#errLog = `${dir}/logs/clickhouse-server.err.log`;
+    this.#errLog = this.kind === "modern"
+      ? `${dir}/logs/chdb_server.log`
+      : `${dir}/logs/clickhouse-server.err.log`;
     this.#template = template;
     this.#startTimeoutMs = options.startTimeoutMs ?? 60_000;
     this.#stopTimeoutMs = options.stopTimeoutMs ?? 60_000;
@@ -135,15 +152,7 @@ class PrivateServer implements ClickHouseServer {
     }
     await Deno.mkdir(`${this.dir}/data`, { recursive: true });
     await Deno.mkdir(`${this.dir}/logs`, { recursive: true });
-    await Deno.writeTextFile(this.#config, this.#render());
-    const child = new Deno.Command("clickhouse-server", {
-      args: [`--config-file=${this.#config}`],
-      cwd: this.dir,
-      stdin: "null",
-      stdout: "null",
-      stderr: "null",
-      env: { PATH: `${Deno.env.get("PATH") ?? ""}:/usr/sbin:/sbin` },
-    }).spawn();
+    const child = this.kind === "modern" ? this.#spawnModern() : await this.#spawnLegacy();
     this.#child = child;
     this.#hasExited = false;
     this.#exited = child.status.then((s) => {
@@ -156,7 +165,7 @@ class PrivateServer implements ClickHouseServer {
         const code = (await this.#exited).code;
         const log = (await readOrEmpty(this.#errLog)).trim().split("\n").slice(-15).join("\n");
         const message =
-          `Cannot start ClickHouse on ${this.httpHostPort}: clickhouse-server exited with code ${code}; ` +
+          `Cannot start ClickHouse ${this.kind} on ${this.httpHostPort}: it exited with code ${code}; ` +
           `the end of ${this.#errLog} says:\n${log}`;
         throw /Address already in use/i.test(log)
           ? new PortTakenError(message)
@@ -217,6 +226,35 @@ class PrivateServer implements ClickHouseServer {
 
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
+  }
+
+  async #spawnLegacy(): Promise<Deno.ChildProcess> {
+    await Deno.writeTextFile(this.#config, this.#render());
+    return new Deno.Command("clickhouse-server", {
+      args: [`--config-file=${this.#config}`],
+      cwd: this.dir,
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+      env: { PATH: `${Deno.env.get("PATH") ?? ""}:/usr/sbin:/sbin` },
+    }).spawn();
+  }
+
+  #spawnModern(): Deno.ChildProcess {
+    // exec keeps the pid the server's, so SIGKILL reaches the server itself.
+    return new Deno.Command("sh", {
+      args: [
+        "-c",
+        'exec python3 "$0" "$1" "$2" >>"$3" 2>&1',
+        CHDB_SERVER.pathname,
+        `${this.dir}/data`,
+        this.httpHostPort.split(":")[1]!,
+        this.#errLog,
+      ],
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
   }
 
   async #answers(): Promise<boolean> {

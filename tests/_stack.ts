@@ -16,10 +16,6 @@ import { AnonymizerError } from "../lib/errors.ts";
 /** Kafka bootstrap brokers, comma-separated. Env `TEST_KAFKA_BROKERS`. Default: `"127.0.0.1:9092"`. */
 export const KAFKA_BROKERS: string = Deno.env.get("TEST_KAFKA_BROKERS") ?? "127.0.0.1:9092";
 
-/** ClickHouse HTTP endpoint, without the proxy. Env `TEST_CLICKHOUSE_URL`. Default: `"http://127.0.0.1:8123"`. */
-export const CLICKHOUSE_URL: string = Deno.env.get("TEST_CLICKHOUSE_URL") ??
-  "http://127.0.0.1:8123";
-
 /** One ClickHouse server of the stack that the tests run against. */
 export interface ClickHouseTarget {
   /** `"18.16"` (Debian's clickhouse-server) or `"modern"` (ClickHouse 26.9 in chDB, over HTTP). */
@@ -74,11 +70,28 @@ export const CLICKHOUSE_TARGETS: readonly ClickHouseTarget[] = (() => {
 })();
 
 /**
- * The shared ch-proxy in front of ClickHouse. Its one request a minute is
- * shared by everyone using the stack: a test that needs a request slot of its
- * own uses {@linkcode startProxy}. Env `TEST_PROXY_URL`. Default: `"http://127.0.0.1:8124"`.
+ * The server a test that does not loop over {@linkcode CLICKHOUSE_TARGETS}
+ * runs on: the first chosen. The test matrix (`scripts/test_stack.sh`) runs
+ * the stack tests once per server with `TEST_CLICKHOUSE` set to it, so every
+ * test meets both servers.
  */
-export const PROXY_URL: string = Deno.env.get("TEST_PROXY_URL") ?? "http://127.0.0.1:8124";
+export const CLICKHOUSE_TARGET: ClickHouseTarget = CLICKHOUSE_TARGETS[0]!;
+
+/**
+ * ClickHouse HTTP endpoint of {@linkcode CLICKHOUSE_TARGET}, without the
+ * proxy. Env `TEST_CLICKHOUSE_URL` (18.16) or `TEST_MODERN_CLICKHOUSE_URL`.
+ * Default: `"http://127.0.0.1:8123"` for 18.16, `"http://127.0.0.1:8125"` for modern.
+ */
+export const CLICKHOUSE_URL: string = CLICKHOUSE_TARGET.url;
+
+/**
+ * The stack's shared ch-proxy in front of {@linkcode CLICKHOUSE_TARGET}. Its
+ * one request a minute is shared by everyone using the stack: a test that
+ * needs a request slot of its own uses {@linkcode startProxy}. Env
+ * `TEST_PROXY_URL` (18.16) or `TEST_MODERN_PROXY_URL`. Default:
+ * `"http://127.0.0.1:8124"` for 18.16, `"http://127.0.0.1:8126"` for modern.
+ */
+export const PROXY_URL: string = CLICKHOUSE_TARGET.proxyUrl;
 
 const NGINX_TEMPLATE = new URL("../stack/nginx.conf.tmpl", import.meta.url);
 

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { bindQuery, type ParamValue, readDashboardQuery } from "../lib/dashboard_query.ts";
-import { type Engine, openChdbEngine, openHttpEngine, sqlRunner } from "../bench/_engines.ts";
+import { type Engine, openHttpEngine, sqlRunner } from "../bench/_engines.ts";
 import { CLICKHOUSE_URL, uniqueName } from "./_stack.ts";
 import { migrate } from "../lib/migrate.ts";
 
@@ -175,16 +175,5 @@ Deno.test("totals views count every row landed in http_log once, on the stack's 
   } finally {
     await engine.run(`DROP DATABASE IF EXISTS ${database}`);
     await engine.close();
-  }
-});
-
-Deno.test("totals views count every row landed in http_log once, on chDB", async (t) => {
-  const dir = await Deno.makeTempDir({ prefix: "totals_chdb_" });
-  const engine = await openChdbEngine(`${dir}/session`);
-  try {
-    await checkEngine(t, engine, "totals_test");
-  } finally {
-    await engine.close();
-    await Deno.remove(dir, { recursive: true });
   }
 });
