@@ -15,7 +15,14 @@ import { openQueue } from "./kv_queue.ts";
 import { produce } from "./produce.ts";
 import { startService } from "./service.ts";
 
-const HELP = `Usage: anonymizer demo [--count N] [--rate N] [--seed N] [--direct-url URL]
+/** The stack's ClickHouse servers: direct HTTP endpoint and the ch-proxy in front of it. */
+const SERVERS = {
+  "18.16": { direct: "http://127.0.0.1:8123", proxy: "http://127.0.0.1:8124" },
+  modern: { direct: "http://127.0.0.1:8125", proxy: "http://127.0.0.1:8126" },
+} as const;
+
+const HELP = `Usage: anonymizer demo [--clickhouse 18.16|modern] [--count N] [--rate N]
+                      [--seed N] [--direct-url URL]
 
 Runs the whole pipeline on the local stack (deno task stack:up):
   1. creates the tables directly on ClickHouse (--direct-url), not through
@@ -26,13 +33,19 @@ Runs the whole pipeline on the local stack (deno task stack:up):
   4. stops once every record has landed (or on Ctrl-C) and prints the
      cache-status totals from the dashboard query.
 
+  --clickhouse S     which server of the stack: 18.16 (Debian's, behind ch-proxy
+                    on 8124) or modern (ClickHouse 26.9, behind ch-proxy on 8126)
+                    (default 18.16)
   --count N         records to produce (default 5000)
   --rate N          messages per second (default 200)
   --seed N          generator seed (default 1)
-  --direct-url URL  ClickHouse without the proxy (default http://127.0.0.1:8123)
+  --direct-url URL  ClickHouse without the proxy (default: the chosen server's,
+                    http://127.0.0.1:8123 or http://127.0.0.1:8125)
 
 Service settings come from the environment as for "anonymizer run"; the demo
-defaults KV_PATH to .stack/demo/queue.kv and KAFKA_GROUP_ID to anonymizer-demo.`;
+defaults CLICKHOUSE_URL to the chosen server's ch-proxy, KV_PATH to
+.stack/demo/<server>/queue.kv and KAFKA_GROUP_ID to anonymizer-demo-<server>:
+each server has its own queue, since a queue remembers its server's version.`;
 
 /**
  * Entry point of `anonymizer demo`; resolves to the exit code.
@@ -54,7 +67,8 @@ export async function main(args: string[]): Promise<number> {
         count: { type: "string", default: "5000" },
         rate: { type: "string", default: "200" },
         seed: { type: "string", default: "1" },
-        "direct-url": { type: "string", default: "http://127.0.0.1:8123" },
+        clickhouse: { type: "string", default: "18.16" },
+        "direct-url": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     }).values;
@@ -80,28 +94,41 @@ export async function main(args: string[]): Promise<number> {
       return 2;
     }
   }
+  const name = flags.clickhouse;
+  if (name !== "18.16" && name !== "modern") {
+    console.error(
+      `Cannot run the demo as --clickhouse must be 18.16 or modern: current value is ${
+        JSON.stringify(name)
+      }`,
+    );
+    return 2;
+  }
+  const server = SERVERS[name];
   const count = Number(flags.count);
   const config = loadConfig({
-    KV_PATH: ".stack/demo/queue.kv",
-    KAFKA_GROUP_ID: "anonymizer-demo",
+    CLICKHOUSE_URL: server.proxy,
+    KV_PATH: `.stack/demo/${name}/queue.kv`,
+    KAFKA_GROUP_ID: `anonymizer-demo-${name}`,
     LOG_LEVEL: "warning",
     ...Deno.env.toObject(),
   }, []);
   await configureLogging({ level: config.logLevel, format: config.logFormat });
 
-  const direct = new ClickHouseClient(flags["direct-url"]);
+  const direct = new ClickHouseClient(flags["direct-url"] ?? server.direct);
   const schema = await migrate(direct, { database: config.clickhouseDatabase });
   console.log(
     `demo: ClickHouse ${schema.version}: tables ready in ${config.clickhouseDatabase} ` +
-      `(created: ${schema.created.join(", ") || "none"})`,
+      `(created: ${schema.created.join(", ") || "none"}); sending through ${config.clickhouseUrl}`,
   );
-  await Deno.mkdir(".stack/demo", { recursive: true });
+  await Deno.mkdir(`.stack/demo/${name}`, { recursive: true });
   {
     await using q = await openQueue(config.kvPath);
     await q.setServer({ version: schema.version, checkedAt: Date.now() });
   }
   const before = Number(
-    (await direct.query(`SELECT count() FROM ${config.clickhouseDatabase}.http_log`)).trim(),
+    (await direct.query(
+      `SELECT count() FROM ${config.clickhouseDatabase}.http_log FORMAT TabSeparated`,
+    )).trim(),
   );
 
   const service = await startService(config);
@@ -141,7 +168,9 @@ export async function main(args: string[]): Promise<number> {
   }
 
   const after = Number(
-    (await direct.query(`SELECT count() FROM ${config.clickhouseDatabase}.http_log`)).trim(),
+    (await direct.query(
+      `SELECT count() FROM ${config.clickhouseDatabase}.http_log FORMAT TabSeparated`,
+    )).trim(),
   );
   console.log(`demo: http_log grew from ${before} to ${after} rows`);
   const now = Math.floor(Date.now() / 1000);

@@ -27,6 +27,12 @@ const CHDB_SERVER = new URL("../stack/chdb_server.py", import.meta.url);
 export interface StartClickHouseServerOptions {
   /** Which server: `"18.16"` or `"modern"`. Default: the test run's, {@linkcode CLICKHOUSE_TARGET}. */
   kind?: ClickHouseTarget["name"];
+  /**
+   * Defaults of the modern server's default profile, e.g. `{ async_insert: "1" }`,
+   * for tests that prove anonymizer sets what it relies on. Default: none, the
+   * server's own. 18.16 refuses them.
+   */
+  defaults?: Record<string, string>;
   /** How long to wait for `SELECT 1` after each start, ms. Default: `60_000`. */
   startTimeoutMs?: number;
   /** How long `stop()` waits after SIGTERM before SIGKILL, ms. Default: `60_000`. */
@@ -112,6 +118,7 @@ class PrivateServer implements ClickHouseServer {
   readonly #template: string;
   readonly #startTimeoutMs: number;
   readonly #stopTimeoutMs: number;
+  readonly #defaults: Record<string, string>;
   #child: Deno.ChildProcess | null = null;
   #exited: Promise<Deno.CommandStatus> | null = null;
   #hasExited = false;
@@ -120,6 +127,15 @@ class PrivateServer implements ClickHouseServer {
   constructor(dir: string, template: string, options: StartClickHouseServerOptions) {
     this.dir = dir;
     this.kind = options.kind ?? CLICKHOUSE_TARGET.name;
+    this.#defaults = options.defaults ?? {};
+    if (this.kind !== "modern" && Object.keys(this.#defaults).length > 0) {
+      throw new AnonymizerError(
+        `Cannot start ClickHouse 18.16 with other defaults: only the modern server takes them: current value is ${
+          JSON.stringify(this.#defaults)
+        }`,
+        { code: "test_clickhouse_failed" },
+      );
+    }
     const httpPort = freePort();
     let tcpPort = freePort();
     while (tcpPort === httpPort) tcpPort = freePort();
@@ -245,11 +261,12 @@ class PrivateServer implements ClickHouseServer {
     return new Deno.Command("sh", {
       args: [
         "-c",
-        'exec python3 "$0" "$1" "$2" >>"$3" 2>&1',
+        'log="$1"; shift; exec python3 "$0" "$@" >>"$log" 2>&1',
         CHDB_SERVER.pathname,
+        this.#errLog,
         `${this.dir}/data`,
         this.httpHostPort.split(":")[1]!,
-        this.#errLog,
+        ...Object.entries(this.#defaults).flatMap(([k, v]) => ["--setting", `${k}=${v}`]),
       ],
       stdin: "null",
       stdout: "null",

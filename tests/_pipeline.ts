@@ -519,13 +519,18 @@ export async function until<T>(
  * Asserts every produced record is stored exactly once: no id missing, none
  * twice, nothing else; every address masked and none equal to a raw one.
  */
-export async function assertExactlyOnce(database: string, records: HttpLogRecord[]): Promise<void> {
-  const dup = await clickhouseQuery(
+export async function assertExactlyOnce(
+  database: string,
+  records: HttpLogRecord[],
+  options: StoredCountOptions = {},
+): Promise<void> {
+  const query = (sql: string) => clickhouseQuery(sql, options);
+  const dup = await query(
     `SELECT resource_id, count() AS c FROM ${database}.http_log GROUP BY resource_id HAVING c > 1 LIMIT 5`,
   );
   assert.equal(dup.trim(), "", `duplicated resource ids (id, count):\n${dup}`);
   const stored =
-    (await clickhouseQuery(`SELECT resource_id FROM ${database}.http_log ORDER BY resource_id`))
+    (await query(`SELECT resource_id FROM ${database}.http_log ORDER BY resource_id`))
       .trim().split("\n").filter((l) => l !== "");
   const expected = records.map((r) => r.resourceId).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
     .map(String);
@@ -536,13 +541,13 @@ export async function assertExactlyOnce(database: string, records: HttpLogRecord
   );
   const missing = expected.filter((id, i) => stored[i] !== id);
   assert.deepEqual(missing.slice(0, 5), [], "stored ids differ from produced ids");
-  const unmasked = await clickhouseQuery(
+  const unmasked = await query(
     `SELECT count() FROM ${database}.http_log ` +
       `WHERE NOT (endsWith(remote_addr, '.X') OR endsWith(remote_addr, '::X') OR remote_addr = 'invalid')`,
   );
   assert.equal(unmasked.trim(), "0", "rows with an unmasked remote_addr");
   const raw = new Set(records.map((r) => r.remoteAddr));
-  const addrs = (await clickhouseQuery(`SELECT DISTINCT remote_addr FROM ${database}.http_log`))
+  const addrs = (await query(`SELECT DISTINCT remote_addr FROM ${database}.http_log`))
     .trim().split("\n");
   assert.equal(addrs.filter((a) => raw.has(a)).length, 0, "a raw address was stored");
 }

@@ -26,7 +26,8 @@ export interface ClickHouseTarget {
   readonly proxyUrl: string;
 }
 
-const ALL_TARGETS: readonly ClickHouseTarget[] = [
+/** Every server of the stack, whichever a run chose; the modern one is last. */
+export const ALL_TARGETS: readonly ClickHouseTarget[] = [
   {
     name: "18.16",
     url: Deno.env.get("TEST_CLICKHOUSE_URL") ?? "http://127.0.0.1:8123",

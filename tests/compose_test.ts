@@ -10,7 +10,7 @@ import { ClickHouseClient } from "../lib/clickhouse_client.ts";
 import { loadConfig, SETTINGS } from "../lib/config.ts";
 import { migrate } from "../lib/migrate.ts";
 import { DASHBOARD_FILE, dashboardText, NOT_ON_DASHBOARD } from "../deploy/grafana/dashboard.ts";
-import { CLICKHOUSE_URL, clickhouseQuery, uniqueName } from "./_stack.ts";
+import { ALL_TARGETS, CLICKHOUSE_URL, clickhouseQuery, uniqueName } from "./_stack.ts";
 
 const ROOT = new URL("..", import.meta.url);
 const IN_CI = (Deno.env.get("CI") ?? "") !== "";
@@ -231,6 +231,15 @@ Deno.test({
         assert.equal(services["ch-proxy"]!.image, "nginx:1.27");
       },
     );
+
+    await t.step("ClickHouse is the release family the modern test server runs", async () => {
+      const modern = ALL_TARGETS.find((target) => target.name === "modern")!;
+      const version = (await clickhouseQuery("SELECT version() FORMAT TabSeparated", {
+        url: modern.url,
+      })).trim();
+      const family = version.split(".").slice(0, 2).join(".");
+      assert.equal(services.clickhouse!.image, `clickhouse/clickhouse-server:${family}`);
+    });
 
     // Debian puts nginx in /usr/sbin, which a non-login PATH may lack.
     const nginxBins = ["nginx", "/usr/sbin/nginx"];

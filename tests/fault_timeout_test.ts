@@ -1,12 +1,17 @@
 /**
  * Fault: the response to an INSERT times out after ClickHouse committed it.
- * On 18.16 the flusher must resolve the unknown outcome with one SELECT by
- * batch id instead of resending, so neither http_log nor the totals views
- * count a row twice.
+ * Neither http_log nor the totals views may count a row twice. On 18.16 the
+ * flusher resolves the unknown outcome with one SELECT by batch id instead of
+ * resending; on the modern server it resends with the batch's deduplication
+ * token, and `system.query_log` proves the server dropped the resend. On the
+ * modern server it runs twice: on the stack's server, and on a private one
+ * whose defaults are the opposite of what anonymizer relies on, which proves
+ * every INSERT sets those settings itself.
  */
 import assert from "node:assert/strict";
 import type { FlushEvent } from "../lib/flusher.ts";
 import { startService } from "../lib/service.ts";
+import { type ClickHouseServer, startClickHouseServer } from "./_clickhouse_server.ts";
 import { startFaultProxy } from "./_fault_proxy.ts";
 import {
   assertExactlyOnce,
@@ -16,24 +21,67 @@ import {
   waitForRows,
   worldConfig,
 } from "./_pipeline.ts";
-import { CLICKHOUSE_URL, clickhouseQuery } from "./_stack.ts";
+import { assertResentWithToken } from "./_query_log.ts";
+import { CLICKHOUSE_TARGET, CLICKHOUSE_URL, clickhouseQuery } from "./_stack.ts";
 import { assertTotalsMatch } from "./_totals.ts";
 
 const TIMEOUT_MS = 1_500;
+/** The modern server resolves an unknown outcome by resending with a token, 18.16 by a check. */
+const TOKEN_PATH = CLICKHOUSE_TARGET.name === "modern";
 const DELAY_MS = 4_000;
 
 function progress(message: string): void {
   Deno.stderr.writeSync(new TextEncoder().encode(`  … ${message}\n`));
 }
 
+/**
+ * Defaults the modern server gets in the second run: every one the opposite of
+ * what an exactly-once INSERT needs.
+ */
+const HOSTILE_DEFAULTS = {
+  async_insert: "1",
+  wait_for_async_insert: "0",
+  insert_deduplicate: "0",
+  deduplicate_blocks_in_dependent_materialized_views: "0",
+};
+
 Deno.test({
   name:
     "anonymizer stores an INSERT whose response timed out once, in http_log and every totals view",
   sanitizeOps: false,
   sanitizeResources: false,
+  fn: (t) => timeoutScenario(t, null),
+});
+
+Deno.test({
+  name:
+    "anonymizer stores a timed-out INSERT once on a modern server whose insert defaults are the opposite",
+  // 18.16 has none of these settings: neither asynchronous inserts nor deduplication of plain tables.
+  ignore: !TOKEN_PATH,
+  sanitizeOps: false,
+  sanitizeResources: false,
   async fn(t) {
+    await using server = await startClickHouseServer({
+      kind: "modern",
+      defaults: HOSTILE_DEFAULTS,
+    });
+    await t.step("the server's defaults are the hostile ones", async () => {
+      const names = Object.keys(HOSTILE_DEFAULTS).map((n) => `'${n}'`).join(", ");
+      const rows = (await server.query(
+        `SELECT name, value FROM system.settings WHERE name IN (${names}) ORDER BY name FORMAT TabSeparated`,
+      )).trim().split("\n").map((line) => line.split("\t"));
+      assert.deepEqual(Object.fromEntries(rows), HOSTILE_DEFAULTS);
+    });
+    await timeoutScenario(t, server);
+  },
+});
+
+async function timeoutScenario(t: Deno.TestContext, server: ClickHouseServer | null) {
+  const url = server?.url ?? CLICKHOUSE_URL;
+  const query = (sql: string) => clickhouseQuery(sql, { url });
+  {
     await using fault = await startFaultProxy({
-      upstream: new URL(CLICKHOUSE_URL).host,
+      upstream: new URL(url).host,
       delayMs: DELAY_MS,
     });
     let delayed = 0;
@@ -48,6 +96,7 @@ Deno.test({
     await using world = await createWorld({
       proxy: { rate: "120r/m", upstream: fault.hostPort },
       env: { CLICKHOUSE_TIMEOUT_MS: String(TIMEOUT_MS), CLICKHOUSE_DEDUP: "auto" },
+      ...(server === null ? {} : { clickhouse: server }),
     });
     const events: Array<FlushEvent & { at: number }> = [];
     let records: Awaited<ReturnType<typeof produceRecords>>["records"] = [];
@@ -61,11 +110,12 @@ Deno.test({
     });
     try {
       await t.step("the first INSERT times out and its rows land all the same", async () => {
-        assert.equal(await waitForRows(world.database, 2_000, 120_000), 2_000);
+        assert.equal(await waitForRows(world.database, 2_000, 120_000, { url }), 2_000);
         const timedOut = events.filter((e) => e.kind === "insert" && e.outcome === "unknown");
         assert.equal(timedOut.length, 1, `INSERT events: ${JSON.stringify(events.map(brief))}`);
         assert.match(timedOut[0]!.error ?? "", /timed out/);
-        assert.equal(service.status().flusher.serverVersion?.startsWith("18.16."), true);
+        const version = service.status().flusher.serverVersion ?? "";
+        assert.equal(version.startsWith("18.16."), !TOKEN_PATH, `server version ${version}`);
       });
 
       await t.step("produce 1,000 more records, which land by a plain INSERT", async () => {
@@ -81,7 +131,7 @@ Deno.test({
           3_000,
           "ids of seeds 7101 and 7102",
         );
-        assert.equal(await waitForRows(world.database, 3_000, 120_000), 3_000);
+        assert.equal(await waitForRows(world.database, 3_000, 120_000, { url }), 3_000);
       });
 
       await t.step("the queue drains and nothing is sent again", async () => {
@@ -99,53 +149,69 @@ Deno.test({
       });
 
       await t.step("each id once, every address masked", async () => {
-        await assertExactlyOnce(world.database, records);
+        await assertExactlyOnce(world.database, records, { url });
       });
 
       await t.step("every totals view counts each row exactly once", async () => {
-        const raw = (await clickhouseQuery(
+        const raw = (await query(
           `SELECT count(), sum(bytes_sent), sum(request_time_milli) FROM ${world.database}.http_log`,
         )).trim();
         assert.match(raw, /^3000\t\d+\t\d+$/);
-        const compared = await assertTotalsMatch((sql) => clickhouseQuery(sql), world.database);
+        const compared = await assertTotalsMatch(query, world.database);
         for (const c of compared) {
           progress(`${c.view} by (${c.keys}): ${c.totals} over ${c.groups} groups`);
         }
       });
 
-      await t.step("the timed-out batch was resolved by a check, not resent", async () => {
-        const timedOut = events.find((e) => e.kind === "insert" && e.outcome === "unknown")!;
-        const id = timedOut.batchId!;
-        const later = events.filter((e) => e.at >= timedOut.at && e.batchId === id);
-        assert.deepEqual(
-          later.map((e) => [e.kind, e.outcome]),
-          [["insert", "unknown"], ["check", "ok"]],
-          `requests for batch ${id} from its INSERT on`,
-        );
-        const inserts = events.filter((e) => e.kind === "insert");
-        const ids = inserts.map((e) => String(e.batchId));
-        assert.equal(new Set(ids).size, ids.length, `a batch was INSERTed twice: ${ids}`);
-        const stored = (await clickhouseQuery(
-          `SELECT DISTINCT batch_id FROM ${world.database}.http_log ORDER BY batch_id`,
-        )).trim().split("\n");
-        assert.deepEqual(
-          [...ids].sort(),
-          [...stored].sort(),
-          "INSERTed batches vs batch ids stored",
-        );
-        progress(`${stored.length} batches; requests: ${JSON.stringify(events.map(brief))}`);
-      });
+      await t.step(
+        TOKEN_PATH
+          ? "the timed-out batch was resent with its token, and the server dropped the resend"
+          : "the timed-out batch was resolved by a check, not resent",
+        async () => {
+          const timedOut = events.find((e) => e.kind === "insert" && e.outcome === "unknown")!;
+          const id = timedOut.batchId!;
+          const later = events.filter((e) => e.at >= timedOut.at && e.batchId === id);
+          assert.deepEqual(
+            later.map((e) => [e.kind, e.outcome]),
+            [["insert", "unknown"], TOKEN_PATH ? ["insert", "ok"] : ["check", "ok"]],
+            `requests for batch ${id} from its INSERT on`,
+          );
+          if (TOKEN_PATH) await assertResentWithToken(query, id);
+          const inserts = events.filter((e) => e.kind === "insert");
+          const ids = inserts.map((e) => String(e.batchId));
+          assert.equal(
+            new Set(ids).size,
+            ids.length - (TOKEN_PATH ? 1 : 0),
+            `INSERTs per batch: ${ids}`,
+          );
+          const stored = (await query(
+            `SELECT DISTINCT batch_id FROM ${world.database}.http_log ORDER BY batch_id`,
+          )).trim().split("\n");
+          assert.deepEqual(
+            [...new Set(ids)].sort(),
+            [...stored].sort(),
+            "INSERTed batches vs batch ids stored",
+          );
+          progress(`${stored.length} batches; requests: ${JSON.stringify(events.map(brief))}`);
+        },
+      );
 
       await t.step(
-        "ClickHouse received one INSERT per batch and the check after the lost one",
+        TOKEN_PATH
+          ? "ClickHouse received one INSERT per batch and the resend after the lost one"
+          : "ClickHouse received one INSERT per batch and the check after the lost one",
         async () => {
-          const batches = Number((await clickhouseQuery(
+          const batches = Number((await query(
             `SELECT uniqExact(batch_id) FROM ${world.database}.http_log`,
           )).trim());
           // The fault proxy sits between nginx and ClickHouse: it saw every request ClickHouse got.
           const reached = fault.connections.filter((c) => c.requestLine !== "");
           const inserts = reached.filter((c) => c.requestLine.includes("INSERT"));
-          assert.equal(inserts.length, batches, "INSERTs that reached ClickHouse vs batches");
+          assert.equal(
+            inserts.length,
+            batches + (TOKEN_PATH ? 1 : 0),
+            "INSERTs that reached ClickHouse vs batches",
+          );
           assert.equal(inserts[0]!.mode, "delay");
           assert.ok(inserts[0]!.upstreamDoneAt !== null, "ClickHouse answered the held INSERT");
           const id = String(events.find((e) => e.outcome === "unknown")!.batchId);
@@ -153,12 +219,17 @@ Deno.test({
             c.bodyPreview.startsWith(`SELECT (SELECT count() FROM ${world.database}.http_log`) &&
             c.bodyPreview.includes(`batch_id = ${id}`)
           );
-          assert.equal(checks.length, 1, "check SELECTs for the timed-out batch");
-          assert.ok(checks[0]!.at > inserts[0]!.at, "the check came after the held INSERT");
-          assert.ok(
-            inserts.slice(1).every((c) => c.at > checks[0]!.at),
-            "no INSERT between the held one and its check",
-          );
+          if (TOKEN_PATH) {
+            assert.equal(checks.length, 0, "a token resend needs no check SELECT");
+            assert.match(inserts[1]!.requestLine, new RegExp(`insert_deduplication_token=${id}&`));
+          } else {
+            assert.equal(checks.length, 1, "check SELECTs for the timed-out batch");
+            assert.ok(checks[0]!.at > inserts[0]!.at, "the check came after the held INSERT");
+            assert.ok(
+              inserts.slice(1).every((c) => c.at > checks[0]!.at),
+              "no INSERT between the held one and its check",
+            );
+          }
 
           // nginx's view: the held INSERT ended with 499 (the client gave up), every
           // other INSERT was answered by ClickHouse with 200, and the check followed.
@@ -169,14 +240,16 @@ Deno.test({
           );
           assert.deepEqual(
             logged.map((e) => [e.status, e.upstreamStatus]),
-            [[499, "-"], ...Array.from({ length: batches - 1 }, () => [200, "200"])],
+            [[499, "-"], ...Array.from({ length: inserts.length - 1 }, () => [200, "200"])],
             "INSERTs in the access log (status, upstream status)",
           );
           const afterHeld = log.filter((e) => started(e) > started(logged[0]!));
           assert.ok(
-            afterHeld.length > 0 && !afterHeld[0]!.uri.includes("INSERT") &&
+            afterHeld.length > 0 && afterHeld[0]!.uri.includes("INSERT") === TOKEN_PATH &&
               afterHeld[0]!.upstreamStatus === "200",
-            `the request after the held INSERT is the check: ${JSON.stringify(afterHeld[0])}`,
+            `the request after the held INSERT is the ${TOKEN_PATH ? "resend" : "check"}: ${
+              JSON.stringify(afterHeld[0])
+            }`,
           );
           assert.deepEqual(log.filter((e) => e.status === 503), [], "the proxy refused a request");
         },
@@ -184,8 +257,8 @@ Deno.test({
     } finally {
       await service.stop();
     }
-  },
-});
+  }
+}
 
 function brief(e: FlushEvent): string {
   return `${e.kind}:${e.outcome}:${e.batchId ?? "-"}:${e.rows ?? "-"}`;

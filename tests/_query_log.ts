@@ -1,0 +1,82 @@
+/**
+ * Reads a modern ClickHouse server's `system.query_log` to prove what the
+ * token path did: which INSERTs of one batch ran, the
+ * `insert_deduplication_token` each carried, and whether the server dropped
+ * the block as a duplicate. 18.16 has no tokens; these helpers are for the
+ * modern server only.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+
+/** One finished INSERT of a batch, as `system.query_log` recorded it. */
+export interface BatchInsert {
+  /** `anonymizer-batch-<id>-<attempt>`. */
+  queryId: string;
+  /** The `insert_deduplication_token` it carried, `""` when none. */
+  token: string;
+  /** Blocks the server dropped as already inserted (the table and its views count separately). */
+  duplicatedBlocks: number;
+  /** Its `async_insert` setting as sent, `""` when the server default applied. */
+  asyncInsert: string;
+}
+
+/**
+ * Every INSERT of batch `batchId` that finished on the server, oldest first.
+ * `query` runs SQL on the server directly and returns TSV.
+ *
+ * @example Needs the modern server of the stack
+ * ```ts ignore
+ * import { batchInserts } from "./_query_log.ts";
+ * import { clickhouseQuery } from "./_stack.ts";
+ *
+ * console.log(await batchInserts((sql) => clickhouseQuery(sql), 123n));
+ * ```
+ */
+export async function batchInserts(
+  query: (sql: string) => Promise<string>,
+  batchId: bigint | string,
+): Promise<BatchInsert[]> {
+  await query("SYSTEM FLUSH LOGS");
+  const text = await query(
+    "SELECT query_id, Settings['insert_deduplication_token'], " +
+      "ProfileEvents['DuplicatedInsertedBlocks'], Settings['async_insert'] " +
+      "FROM system.query_log " +
+      `WHERE type = 'QueryFinish' AND startsWith(query_id, 'anonymizer-batch-${batchId}-') ` +
+      "ORDER BY event_time_microseconds FORMAT TabSeparated",
+  );
+  return text.split("\n").filter((line) => line !== "").map((line) => {
+    const [queryId = "", token = "", duplicated = "0", asyncInsert = ""] = line.split("\t");
+    return { queryId, token, duplicatedBlocks: Number(duplicated), asyncInsert };
+  });
+}
+
+/**
+ * Asserts batch `batchId` was sent more than once, every send carried the
+ * batch id as its token and `async_insert=0`, and every send after the first
+ * was dropped by the server as a duplicate. Returns the sends.
+ *
+ * @example Needs the modern server of the stack
+ * ```ts ignore
+ * import { assertResentWithToken } from "./_query_log.ts";
+ * import { clickhouseQuery } from "./_stack.ts";
+ *
+ * await assertResentWithToken((sql) => clickhouseQuery(sql), 123n);
+ * ```
+ */
+export async function assertResentWithToken(
+  query: (sql: string) => Promise<string>,
+  batchId: bigint | string,
+): Promise<BatchInsert[]> {
+  const sends = await batchInserts(query, batchId);
+  assert.ok(sends.length >= 2, `batch ${batchId} was sent ${sends.length} time(s), not resent`);
+  for (const send of sends) {
+    assert.equal(send.token, String(batchId), `${send.queryId} carried another token`);
+    assert.equal(send.asyncInsert, "0", `${send.queryId} left async_insert to the server`);
+  }
+  assert.equal(sends[0]!.duplicatedBlocks, 0, `the first send of batch ${batchId} was a duplicate`);
+  for (const send of sends.slice(1)) {
+    assert.ok(send.duplicatedBlocks > 0, `${send.queryId} was written again, not deduplicated`);
+  }
+  return sends;
+}
