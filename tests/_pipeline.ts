@@ -529,9 +529,8 @@ export async function assertExactlyOnce(
     `SELECT resource_id, count() AS c FROM ${database}.http_log GROUP BY resource_id HAVING c > 1 LIMIT 5`,
   );
   assert.equal(dup.trim(), "", `duplicated resource ids (id, count):\n${dup}`);
-  const stored =
-    (await query(`SELECT resource_id FROM ${database}.http_log ORDER BY resource_id`))
-      .trim().split("\n").filter((l) => l !== "");
+  const stored = (await query(`SELECT resource_id FROM ${database}.http_log ORDER BY resource_id`))
+    .trim().split("\n").filter((l) => l !== "");
   const expected = records.map((r) => r.resourceId).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
     .map(String);
   assert.equal(
