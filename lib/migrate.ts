@@ -10,6 +10,7 @@
  */
 import { getLogger } from "@logtape/logtape";
 import type { ClickHouseClient } from "./clickhouse_client.ts";
+import { AnonymizerError } from "./errors.ts";
 import { serverProfile } from "./server_version.ts";
 
 /** What {@linkcode migrate} needs of a connection: {@linkcode ClickHouseClient.query}. */
@@ -106,6 +107,20 @@ export async function readSchema(
   return out;
 }
 
+function parseDiscovery(answer: string): [string, number | string, string[]] {
+  try {
+    const row = JSON.parse(answer).data[0];
+    if (typeof row[0] === "string" && Array.isArray(row[2])) return row;
+  } catch {
+    // Reported below with the answer itself.
+  }
+  throw new AnonymizerError(
+    `Cannot migrate as ClickHouse answered the schema discovery with something other than ` +
+      `JSONCompact: current value is ${JSON.stringify(answer.slice(0, 200))}`,
+    { code: "server_answer_invalid", retriable: false },
+  );
+}
+
 /** Options of {@linkcode migrate}. */
 export interface MigrateOptions {
   /** Database to create and fill. Default: `"default"`. */
@@ -154,10 +169,11 @@ export async function migrate(
   const discovery =
     `SELECT version(), (SELECT count() FROM system.databases WHERE name = ${quoted}), ` +
     `(SELECT groupArray(name) FROM system.tables WHERE database = ${quoted}) FORMAT JSONCompact`;
-  const found = JSON.parse(
-    await send("discovery", () => client.query(discovery, { what: "schema discovery" })),
+  const answer = await send(
+    "discovery",
+    () => client.query(discovery, { what: "schema discovery" }),
   );
-  const [version, dbCount, tables] = found.data[0] as [string, number | string, string[]];
+  const [version, dbCount, tables] = parseDiscovery(answer);
   let requests = 1;
   const existing = new Set(tables);
   const created: string[] = [];
