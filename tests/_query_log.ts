@@ -8,6 +8,13 @@
  * @module
  */
 import assert from "node:assert/strict";
+import { CLICKHOUSE_TARGET } from "./_stack.ts";
+
+/**
+ * Whether this run's server resolves an unknown outcome by resending with the
+ * batch's token (the modern server) rather than by a check SELECT (18.16).
+ */
+export const TOKEN_PATH: boolean = CLICKHOUSE_TARGET.name === "modern";
 
 /** One finished INSERT of a batch, as `system.query_log` recorded it. */
 export interface BatchInsert {
@@ -79,4 +86,48 @@ export async function assertResentWithToken(
     assert.ok(send.duplicatedBlocks > 0, `${send.queryId} was written again, not deduplicated`);
   }
   return sends;
+}
+
+/**
+ * Asserts every INSERT anonymizer made into `database` that reached the
+ * server carried its own batch id as token and `async_insert=0`, and that
+ * every batch stored rows through exactly one of them (the others dropped as
+ * duplicates). Returns how many INSERTs and how many were resends.
+ *
+ * @example Needs the modern server of the stack
+ * ```ts ignore
+ * import { assertInsertsCarriedTokens } from "./_query_log.ts";
+ * import { clickhouseQuery } from "./_stack.ts";
+ *
+ * console.log(await assertInsertsCarriedTokens((sql) => clickhouseQuery(sql), "e2e_x"));
+ * ```
+ */
+export async function assertInsertsCarriedTokens(
+  query: (sql: string) => Promise<string>,
+  database: string,
+): Promise<{ inserts: number; resends: number }> {
+  await query("SYSTEM FLUSH LOGS");
+  const text = await query(
+    "SELECT query_id, Settings['insert_deduplication_token'], Settings['async_insert'], " +
+      "ProfileEvents['DuplicatedInsertedBlocks'] FROM system.query_log " +
+      `WHERE type = 'QueryFinish' AND query_kind = 'Insert' AND has(databases, '${database}') ` +
+      "AND startsWith(query_id, 'anonymizer-batch-') ORDER BY event_time_microseconds " +
+      "FORMAT TabSeparated",
+  );
+  const rows = text.split("\n").filter((line) => line !== "").map((line) => line.split("\t"));
+  assert.ok(rows.length > 0, `no INSERT into ${database} in system.query_log`);
+  const written = new Set<string>();
+  let resends = 0;
+  for (const [queryId = "", token, asyncInsert, duplicated] of rows) {
+    const batchId = /^anonymizer-batch-(\d+)-\d+$/.exec(queryId)?.[1];
+    assert.equal(token, batchId, `${queryId} carried token ${JSON.stringify(token)}`);
+    assert.equal(asyncInsert, "0", `${queryId} left async_insert to the server`);
+    if (Number(duplicated) > 0) {
+      resends++;
+    } else {
+      assert.ok(!written.has(batchId!), `batch ${batchId} was written twice`);
+      written.add(batchId!);
+    }
+  }
+  return { inserts: rows.length, resends };
 }

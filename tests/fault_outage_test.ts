@@ -35,6 +35,7 @@ import {
   kafkaClient,
   uniqueName,
 } from "./_stack.ts";
+import { assertInsertsCarriedTokens } from "./_query_log.ts";
 import { assertTotalsMatch } from "./_totals.ts";
 import { stockRows } from "./_stock_rows.ts";
 
@@ -283,6 +284,21 @@ Deno.test({
           progress(`${c.view} by (${c.keys}): ${c.totals} over ${c.groups} groups`);
         }
       });
+
+      if (server.kind === "modern") {
+        await t.step(
+          "every INSERT carried its batch token, and no batch was written twice",
+          async () => {
+            const { inserts, resends } = await assertInsertsCarriedTokens(
+              (sql) => server.query(sql),
+              world.database,
+            );
+            progress(
+              `query_log: ${inserts} INSERTs reached ClickHouse, ${resends} dropped as resends`,
+            );
+          },
+        );
+      }
 
       await t.step("the service stops cleanly", async () => {
         const status = await service.kill("SIGTERM");

@@ -21,11 +21,8 @@ import {
   waitForRows,
   worldConfig,
 } from "./_pipeline.ts";
-import { assertResentWithToken } from "./_query_log.ts";
-import { CLICKHOUSE_TARGET, CLICKHOUSE_URL, clickhouseQuery } from "./_stack.ts";
-
-/** The modern server resolves an unknown outcome by resending with a token, 18.16 by a check. */
-const TOKEN_PATH = CLICKHOUSE_TARGET.name === "modern";
+import { assertResentWithToken, TOKEN_PATH } from "./_query_log.ts";
+import { CLICKHOUSE_URL, clickhouseQuery } from "./_stack.ts";
 
 type Event = FlushEvent & { at: number };
 

@@ -21,13 +21,11 @@ import {
   waitForRows,
   worldConfig,
 } from "./_pipeline.ts";
-import { assertResentWithToken } from "./_query_log.ts";
-import { CLICKHOUSE_TARGET, CLICKHOUSE_URL, clickhouseQuery } from "./_stack.ts";
+import { assertResentWithToken, TOKEN_PATH } from "./_query_log.ts";
+import { CLICKHOUSE_URL, clickhouseQuery } from "./_stack.ts";
 import { assertTotalsMatch } from "./_totals.ts";
 
 const TIMEOUT_MS = 1_500;
-/** The modern server resolves an unknown outcome by resending with a token, 18.16 by a check. */
-const TOKEN_PATH = CLICKHOUSE_TARGET.name === "modern";
 const DELAY_MS = 4_000;
 
 function progress(message: string): void {
