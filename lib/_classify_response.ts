@@ -30,6 +30,7 @@ const POISON_CODES = new Set([
   271, // CANNOT_DECOMPRESS
   321, // VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
   36, // BAD_ARGUMENTS (e.g. an Enum value that does not exist)
+  691, // UNKNOWN_ELEMENT_OF_ENUM (23.x and later; 18.16 says LOGICAL_ERROR, below)
 ]);
 
 /**

@@ -55,6 +55,15 @@ Deno.test("classifyResponse() sorts ClickHouse errors by whether data was writte
       assert.equal(e.serverCode, code);
     }
   });
+  await t.step("an unknown Enum element is poison on modern servers too (code 691)", () => {
+    const e = classifyResponse("INSERT", {
+      status: 500,
+      headers: clickhouse,
+      body: "Code: 691. DB::Exception: Unknown element 'POST' for enum: while executing " +
+        "'FUNCTION _CAST(toString(method) :: 5)'. (UNKNOWN_ELEMENT_OF_ENUM) (version 26.9.2.1)",
+    });
+    assert.deepEqual([e.outcome, e.retriable, e.serverCode], ["rejected", false, 691]);
+  });
   await t.step("schema, auth and load errors wait: rejected, retriable", () => {
     for (const code of [60, 81, 516, 252]) {
       const e = classifyResponse("INSERT", {

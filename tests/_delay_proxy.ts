@@ -233,7 +233,11 @@ export function startDelayProxy(options: DelayProxyOptions = {}): DelayProxy {
         }
       }
       if (ex.status !== null) {
-        ex.state = !clientGone || (upstreamDone && queue.length === 0) ? "delivered" : "dropped";
+        // A server that keeps the connection open after its answer (ClickHouse 26.9 does) leaves
+        // nginx to close it once it has read the whole answer: all written is delivered then.
+        ex.state = queue.length === 0 && (upstreamDone || ex.state === "delivering")
+          ? "delivered"
+          : "dropped";
       } else if (clientGone) {
         ex.state = "dropped";
       }

@@ -226,17 +226,18 @@ Deno.test({
       const tables = (await clickhouseQuery(
         `SELECT name FROM system.tables WHERE database = '${world.database}' ORDER BY name FORMAT TSV`,
       )).trim().split("\n");
-      assert.ok(tables.includes(".inner.http_log_totals_ip_1h"), `tables: ${tables.join(", ")}`);
+      // A view's storage is `.inner.<view>` on 18.16 and `.inner_id.<uuid>` in an Atomic database.
+      assert.ok(tables.some((n) => n.startsWith(".inner")), `tables: ${tables.join(", ")}`);
       const dumps: string[] = [];
       for (const name of tables) {
         dumps.push(await clickhouseQuery(`SELECT * FROM ${world.database}.\`${name}\` FORMAT TSV`));
       }
       report(`tables: ${tables.join(", ")}`);
       search("ClickHouse", dumps.join("\n"), [goodUrl, goodMasked]);
-      const ipInner = await clickhouseQuery(
-        `SELECT * FROM ${world.database}.\`.inner.http_log_totals_ip_1h\` FORMAT TSV`,
+      const ipTotals = await clickhouseQuery(
+        `SELECT * FROM ${world.database}.http_log_totals_ip_1h FORMAT TSV`,
       );
-      search("ClickHouse .inner.http_log_totals_ip_1h", ipInner, [goodMasked, "2001:db8::X"]);
+      search("ClickHouse http_log_totals_ip_1h", ipTotals, [goodMasked, "2001:db8::X"]);
     });
   },
 });
