@@ -11,6 +11,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STACK_DIR="${STACK_DIR:-$ROOT/.stack}"
 DENO_VERSION=2.9.6
 CHDB_VERSION=4.4.0
+KAFKA_VERSION=3.9.1
+KAFKA4_VERSION=4.1.1
 DEB_PACKAGES=(clickhouse-server clickhouse-client nginx-light capnproto docker-compose curl)
 # Commands a machine of this kind normally has; installed from Debian only when absent.
 DEB_FOR_COMMAND=(java:openjdk-17-jre-headless mvn:maven npm:npm)
@@ -65,25 +67,26 @@ install_deno() {
     fail "Cannot install Deno: $tools_deno does not report version $DENO_VERSION after npm install"
 }
 
+# install_kafka_jars VERSION DIR: the broker and tool jars of Kafka VERSION into DIR.
 install_kafka_jars() {
-  local libs="$STACK_DIR/kafka/libs" log="$STACK_DIR/logs/install-maven.log" want
-  # The jars match the pom they came from; a changed pom fetches them anew.
-  want="$(sha256sum "$ROOT/stack/pom.xml" | cut -d' ' -f1)"
+  local version="$1" libs="$2" log="$STACK_DIR/logs/install-maven-$1.log" want
+  # The jars match the pom and version they came from; a change fetches them anew.
+  want="$(sha256sum "$ROOT/stack/pom.xml" | cut -d' ' -f1) $version"
   if [[ -f "$libs/.pom.sha256" && "$(<"$libs/.pom.sha256")" == "$want" ]]; then
-    say "Kafka jars: already installed ($(find "$libs" -name '*.jar' | wc -l) jars in $libs)"
+    say "Kafka $version jars: already installed ($(find "$libs" -name '*.jar' | wc -l) jars in $libs)"
     return
   fi
   command -v mvn >/dev/null || fail "Cannot fetch the Kafka jars as mvn is not on PATH: apt-get install maven"
-  say "Kafka jars: fetching with Maven from stack/pom.xml into $libs (log: $log)"
+  say "Kafka $version jars: fetching with Maven from stack/pom.xml into $libs (log: $log)"
   rm -rf "$libs"
   mkdir -p "$libs" "$STACK_DIR/logs"
   if ! mvn -q -B -f "$ROOT/stack/pom.xml" dependency:copy-dependencies \
-    -DoutputDirectory="$libs" >"$log" 2>&1; then
+    -Dkafka.version="$version" -DoutputDirectory="$libs" >"$log" 2>&1; then
     tail -n 30 "$log" >&2
-    fail "Cannot fetch the Kafka jars: mvn failed, full log in $log"
+    fail "Cannot fetch the Kafka $version jars: mvn failed, full log in $log"
   fi
   printf '%s\n' "$want" >"$libs/.pom.sha256"
-  say "Kafka jars: installed $(find "$libs" -name '*.jar' | wc -l) jars"
+  say "Kafka $version jars: installed $(find "$libs" -name '*.jar' | wc -l) jars"
 }
 
 install_chdb() {
@@ -102,6 +105,8 @@ install_chdb() {
 started=$SECONDS
 install_debian_packages
 install_deno
-install_kafka_jars
+install_kafka_jars "$KAFKA_VERSION" "$STACK_DIR/kafka/libs"
+# Only tests/kafka4_test.ts runs it: a private broker proving Kafka 4.x serves anonymizer.
+install_kafka_jars "$KAFKA4_VERSION" "$STACK_DIR/kafka4/libs"
 install_chdb
 say "done in $((SECONDS - started)) s"
