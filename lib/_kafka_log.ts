@@ -2,31 +2,112 @@
  * Routes kafkajs's own log lines into logtape under `["anonymizer", "kafkajs"]`,
  * so `LOG_LEVEL` governs them and nothing bypasses the structured logs.
  *
+ * kafkajs puts the reason of a failed response in a separate `error` field
+ * (`Response GroupCoordinator(key: 10, version: 2)` + `error`), which the text
+ * format would drop: the reason is written into the line itself. Responses
+ * kafkajs retries as part of normal group and leader churn are logged at
+ * info, not error: they need no action.
+ *
  * @module
  */
-import { getLogger } from "@logtape/logtape";
+import { getLogger, type LogLevel } from "@logtape/logtape";
 // Every kafkajs user in anonymizer imports this module, so the fix is always in place.
 import "./_kafkajs_idle_fix.ts";
 import { type logCreator, type LogEntry, logLevel } from "kafkajs";
 
 const log = getLogger(["anonymizer", "kafkajs"]);
 
-/** A kafkajs `logCreator` writing to logtape. */
+/**
+ * Retriable protocol errors that a fresh start, a rebalance or a leader
+ * election produce, by kafkajs 2.2.4's message text (src/protocol/error.js;
+ * the version is pinned in deno.json), with their protocol type.
+ */
+const ROUTINE: ReadonlyMap<string, string> = new Map([
+  ["The group coordinator is not available", "GROUP_COORDINATOR_NOT_AVAILABLE"],
+  ["This is not the correct coordinator for this group", "NOT_COORDINATOR_FOR_GROUP"],
+  [
+    "The coordinator is loading and hence can't process requests for this group",
+    "GROUP_LOAD_IN_PROGRESS",
+  ],
+  ["The group is rebalancing, so a rejoin is needed", "REBALANCE_IN_PROGRESS"],
+  [
+    "There is no leader for this topic-partition as we are in the middle of a leadership election",
+    "LEADER_NOT_AVAILABLE",
+  ],
+  ["This server is not the leader for that topic-partition", "NOT_LEADER_FOR_PARTITION"],
+]);
+
+/** `Name: message` of kafkajs's `error` field, which is an Error or only its message. */
+function reasonOf(error: unknown): { text: string; routine: boolean } | null {
+  if (error === undefined || error === null || error === "") return null;
+  if (error instanceof Error) {
+    return { text: `${error.name}: ${error.message}`, routine: ROUTINE.has(error.message) };
+  }
+  const message = String(error);
+  const type = ROUTINE.get(message);
+  return type === undefined
+    ? { text: message, routine: false }
+    : { text: `KafkaJSProtocolError ${type}: ${message}`, routine: true };
+}
+
+const LEVELS: Record<number, LogLevel> = {
+  [logLevel.ERROR]: "error",
+  [logLevel.WARN]: "warning",
+  [logLevel.INFO]: "info",
+};
+
+/**
+ * A kafkajs `logCreator` writing to logtape.
+ *
+ * @example A routine rebalance response keeps its reason and is not an error
+ * ```ts
+ * import { kafkaLogCreator } from "./_kafka_log.ts";
+ * import { configure, type LogRecord, reset } from "@logtape/logtape";
+ * import { logLevel } from "kafkajs";
+ * import assert from "node:assert/strict";
+ *
+ * const records: LogRecord[] = [];
+ * await configure({
+ *   sinks: { mem: (r) => records.push(r) },
+ *   loggers: [
+ *     { category: ["anonymizer"], lowestLevel: "debug", sinks: ["mem"] },
+ *     { category: ["logtape", "meta"], lowestLevel: "warning", sinks: [] },
+ *   ],
+ *   reset: true,
+ * });
+ * kafkaLogCreator(logLevel.INFO)({
+ *   namespace: "Connection", level: logLevel.ERROR, label: "ERROR",
+ *   log: {
+ *     timestamp: "", logger: "kafkajs", message: "Response Heartbeat(key: 12, version: 3)",
+ *     error: "The group is rebalancing, so a rejoin is needed",
+ *   },
+ * });
+ * assert.equal(records[0]!.level, "info");
+ * assert.match(
+ *   records[0]!.message.join(""),
+ *   /Heartbeat.*KafkaJSProtocolError REBALANCE_IN_PROGRESS: The group is rebalancing/,
+ * );
+ * await reset();
+ * ```
+ */
 export const kafkaLogCreator: logCreator =
   (): (entry: LogEntry) => void => ({ namespace, level, log: entry }) => {
-    const { message, ...rest } = entry;
-    const props = { ...rest, namespace: namespace || "kafkajs", message };
-    switch (level) {
-      case logLevel.ERROR:
-        log.error("{namespace}: {message}", props);
-        break;
-      case logLevel.WARN:
-        log.warn("{namespace}: {message}", props);
-        break;
-      case logLevel.INFO:
-        log.info("{namespace}: {message}", props);
-        break;
-      default:
-        log.debug("{namespace}: {message}", props);
-    }
+    const { message, error, ...rest } = entry as LogEntry["log"] & { error?: unknown };
+    const reason = reasonOf(error);
+    const props = {
+      ...rest,
+      namespace: namespace || "kafkajs",
+      message,
+      reason: reason === null
+        ? ""
+        : `: ${reason.text}${reason.routine ? " (routine; retried)" : ""}`,
+      ...(error === undefined ? {} : { error: reason?.text }),
+    };
+    let lowest = LEVELS[level] ?? "debug";
+    if (reason?.routine && (lowest === "error" || lowest === "warning")) lowest = "info";
+    const template = "{namespace}: {message}{reason}";
+    if (lowest === "error") log.error(template, props);
+    else if (lowest === "warning") log.warn(template, props);
+    else if (lowest === "info") log.info(template, props);
+    else log.debug(template, props);
   };
