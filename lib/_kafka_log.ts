@@ -105,9 +105,11 @@ export const kafkaLogCreator: logCreator =
     };
     let lowest = LEVELS[level] ?? "debug";
     if (reason?.routine && (lowest === "error" || lowest === "warning")) lowest = "info";
-    const template = "{namespace}: {message}{reason}";
-    if (lowest === "error") log.error(template, props);
-    else if (lowest === "warning") log.warn(template, props);
-    else if (lowest === "info") log.info(template, props);
-    else log.debug(template, props);
+    // The line itself carries the text: the text format would quote each property.
+    const text = `${props.namespace}: ${message}${props.reason}`.replaceAll("{", "{{")
+      .replaceAll("}", "}}");
+    if (lowest === "error") log.error(text, props);
+    else if (lowest === "warning") log.warn(text, props);
+    else if (lowest === "info") log.info(text, props);
+    else log.debug(text, props);
   };

@@ -250,10 +250,9 @@ async function untilKafka(
       await step();
       if (attempt > 1) {
         log.info(
-          "Kafka is reachable at KAFKA_BROKERS={brokers}: could {what} after {attempt} tries",
+          `Kafka is reachable at KAFKA_BROKERS={brokers}: could ${what} after {attempt} tries`,
           {
             brokers: options.brokers,
-            what,
             attempt,
           },
         );
@@ -263,10 +262,9 @@ async function untilKafka(
       if (err instanceof AnonymizerError) throw err;
       const waitMs = Math.min(KAFKA_RETRY_MAX_MS, KAFKA_RETRY_FIRST_MS * 2 ** (attempt - 1));
       log.error(
-        "Cannot {what} as Kafka at KAFKA_BROKERS={brokers} is unreachable (try {attempt}); " +
+        `Cannot ${what} as Kafka at KAFKA_BROKERS={brokers} is unreachable (try {attempt}); ` +
           "not ready, retrying in {retryS} s: {error}",
         {
-          what,
           brokers: options.brokers,
           attempt,
           retryS: waitMs / 1000,
