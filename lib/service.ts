@@ -262,7 +262,7 @@ async function untilKafka(
       if (err instanceof AnonymizerError) throw err;
       const waitMs = Math.min(KAFKA_RETRY_MAX_MS, KAFKA_RETRY_FIRST_MS * 2 ** (attempt - 1));
       log.error(
-        `Cannot ${what} as Kafka at KAFKA_BROKERS={brokers} is unreachable (try {attempt}); ` +
+        `Cannot ${what} with Kafka at KAFKA_BROKERS={brokers} (try {attempt}); ` +
           "not ready, retrying in {retryS} s: {error}",
         {
           brokers: options.brokers,

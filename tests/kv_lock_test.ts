@@ -11,7 +11,7 @@ import { type ServiceProcess, spawnService, type World } from "./_pipeline.ts";
 /** Nothing listens on port 1; the service keeps retrying it. */
 const NO_KAFKA = "127.0.0.1:1";
 const WAITING =
-  /Cannot connect the dead-letter producer as Kafka at KAFKA_BROKERS="?127\.0\.0\.1:1/;
+  /Cannot connect the dead-letter producer with Kafka at KAFKA_BROKERS="?127\.0\.0\.1:1/;
 
 /** The settings `spawnService` needs, without topics, ClickHouse or a proxy. */
 async function offlineWorld(): Promise<World & { kvPath: string }> {
