@@ -609,7 +609,8 @@ export class Flusher {
    * that says what an operator can do about them.
    */
   #countRefusal(err: ClickHouseError | null): void {
-    if (err?.outcome !== "refused") {
+    // A refused connection is an outage, not a neighbour on the proxy's limit.
+    if (err?.outcome !== "refused" || err.status !== 503) {
       this.#status.refusalsInARow = 0;
       return;
     }

@@ -239,7 +239,7 @@ export function createMetrics(sources: MetricsSources): Metrics {
     },
     onFlush(e) {
       requests.inc({ kind: e.kind, outcome: outcomeLabel(e) });
-      if (e.outcome === "refused") refusals.inc();
+      if (e.outcome === "refused" && e.status === 503) refusals.inc();
     },
     onLanded(l) {
       flushed.inc({}, l.rows);
