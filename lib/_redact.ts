@@ -62,10 +62,13 @@ export function shownValue(value: string, options: { secret?: boolean } = {}): s
  *
  * const scrub = secretScrubber(["pw1", ""]);
  * assert.equal(scrub("login pw1 failed at http://u:x@h"), "login *** failed at http://***@h");
+ * assert.equal(secretScrubber(['p"w'])(JSON.stringify({ password: 'p"w' })), '{"password":"***"}');
  * ```
  */
 export function secretScrubber(secrets: readonly string[]): (text: string) => string {
-  const list = [...new Set(secrets.filter((s) => s !== ""))].sort((a, b) => b.length - a.length);
+  // A log format may have escaped a secret holding quotes or backslashes: hide that form too.
+  const forms = secrets.filter((s) => s !== "").flatMap((s) => [s, JSON.stringify(s).slice(1, -1)]);
+  const list = [...new Set(forms)].sort((a, b) => b.length - a.length);
   return (text) => {
     let out = text;
     for (const s of list) out = out.replaceAll(s, REDACTED);

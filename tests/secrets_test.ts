@@ -111,7 +111,8 @@ Deno.test("anonymizer never echoes a secret in config errors or --help", async (
 });
 
 Deno.test({
-  name: "anonymizer run logs nothing secret at trace level while Kafka refuses its SASL login",
+  name:
+    "anonymizer run logs nothing secret at trace level in JSON while Kafka refuses its SASL login",
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
@@ -126,6 +127,7 @@ Deno.test({
         KV_PATH: `${dir}/q.kv`,
         METRICS_LISTEN: "",
         LOG_LEVEL: "trace",
+        LOG_FORMAT: "json",
       },
     } as unknown as Parameters<typeof spawnService>[0];
     const service = await spawnService(world, { name: "sasl" });
