@@ -505,8 +505,8 @@ export class Flusher {
     const slots = this.#resolving?.id === batch.id ? this.#resolving.slots : 1;
     if (stored === batch.rows) {
       log.info(
-        "Batch {batchId}: unknown outcome resolved by check: all {rows} rows were stored; " +
-          "not resending; it cost {slots} slots",
+        "Batch {batchId} was stored before its outcome was lost; not resending: unknown " +
+          "outcome resolved by check, all {rows} rows stored; it cost {slots} slots",
         { batchId: String(batch.id), rows: batch.rows, slots },
       );
       this.#resolving = null;
