@@ -104,6 +104,7 @@ Deno.test({
     await using world = await kafkaOnlyWorld(topic, { KAFKA_DLQ_TOPIC: `${topic}_dead` });
     const service = await spawnService(world, { name: "dlq-refused" });
     try {
+      await until("the service to exit", () => service.hasExited || undefined, 60_000);
       const status = await service.exited;
       assert.equal(status.code, 1, service.log());
       const lines = service.log().split("\n").filter((l) => l.includes("KAFKA_DLQ_TOPIC"));
