@@ -17,6 +17,7 @@ import {
   type Producer,
 } from "kafkajs";
 import { StartupError } from "./errors.ts";
+import { redactUserinfo } from "./_redact.ts";
 import { kafkaLogCreator } from "./_kafka_log.ts";
 import type { HttpLogRow } from "./types.ts";
 
@@ -92,6 +93,7 @@ export class DeadLetterProducer {
   readonly #kafka: Kafka;
   readonly #topic: string;
   readonly #sourceTopic: string;
+  readonly #scrub: (text: string) => string;
 
   constructor(
     brokers: string[],
@@ -101,8 +103,11 @@ export class DeadLetterProducer {
       clientId: string;
       ssl?: KafkaConfig["ssl"];
       sasl?: KafkaConfig["sasl"];
+      /** Hides secrets in the error-message header. Default: URL userinfo only. */
+      scrub?: (text: string) => string;
     },
   ) {
+    this.#scrub = options.scrub ?? redactUserinfo;
     this.#topic = options.topic;
     this.#sourceTopic = options.sourceTopic;
     this.#kafka = new Kafka({
@@ -233,7 +238,7 @@ export class DeadLetterProducer {
           "anonymizer.source.partition": String(d.partition),
           "anonymizer.source.offset": d.offset,
           "anonymizer.error.code": d.code,
-          "anonymizer.error.message": d.message,
+          "anonymizer.error.message": this.#scrub(d.message),
         },
       });
       bytes += size;
@@ -279,7 +284,7 @@ export class DeadLetterProducer {
           "anonymizer.source.partition": String(source.partition),
           "anonymizer.source.offset": String(source.offset),
           "anonymizer.error.code": "clickhouse_rejected",
-          "anonymizer.error.message": error.message.slice(0, 500),
+          "anonymizer.error.message": this.#scrub(error.message.slice(0, 500)),
           "content-type": "application/json",
         },
       }],

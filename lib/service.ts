@@ -6,7 +6,7 @@
  */
 import { dirname, resolve } from "node:path";
 import { getLogger } from "@logtape/logtape";
-import type { Config } from "./config.ts";
+import { type Config, secretValues } from "./config.ts";
 import { ClickHouseClient } from "./clickhouse_client.ts";
 import { Flusher, type FlusherStatus, type FlushEvent, type Packer } from "./flusher.ts";
 import { KafkaSource, type SourceStatus } from "./kafka_source.ts";
@@ -18,6 +18,7 @@ import { packBatch } from "./pack_batch.ts";
 import { DeadLetterProducer } from "./_dead_letter.ts";
 import { AnonymizerError } from "./errors.ts";
 import { lockKvPath } from "./_kv_lock.ts";
+import { secretScrubber } from "./_redact.ts";
 
 const log = getLogger(["anonymizer", "service"]);
 
@@ -101,6 +102,7 @@ export async function startService(config: Config, options: ServiceOptions = {})
     topic: config.kafkaDlqTopic,
     sourceTopic: config.kafkaTopic,
     clientId: config.kafkaClientId,
+    scrub: secretScrubber(secretValues(config)),
     ...kafkaAuth,
   });
   const pack: Packer = options.pack ?? ((rows, batchId, serverVersion) =>
