@@ -14,40 +14,46 @@ import { getLogger, type LogLevel } from "@logtape/logtape";
 // Every kafkajs user in anonymizer imports this module, so the fix is always in place.
 import "./_kafkajs_idle_fix.ts";
 import { type logCreator, type LogEntry, logLevel } from "kafkajs";
+import { errorCodes } from "kafkajs/protocol-error";
 
 const log = getLogger(["anonymizer", "kafkajs"]);
 
 /**
- * Retriable protocol errors that a fresh start, a rebalance or a leader
- * election produce, by kafkajs 2.2.4's message text (src/protocol/error.js;
- * the version is pinned in deno.json), with their protocol type.
+ * Protocol errors that a fresh start, a rebalance or a leader election
+ * produce and kafkajs retries: routine, so not errors to an operator.
  */
-const ROUTINE: ReadonlyMap<string, string> = new Map([
-  ["The group coordinator is not available", "GROUP_COORDINATOR_NOT_AVAILABLE"],
-  ["This is not the correct coordinator for this group", "NOT_COORDINATOR_FOR_GROUP"],
-  [
-    "The coordinator is loading and hence can't process requests for this group",
-    "GROUP_LOAD_IN_PROGRESS",
-  ],
-  ["The group is rebalancing, so a rejoin is needed", "REBALANCE_IN_PROGRESS"],
-  [
-    "There is no leader for this topic-partition as we are in the middle of a leadership election",
-    "LEADER_NOT_AVAILABLE",
-  ],
-  ["This server is not the leader for that topic-partition", "NOT_LEADER_FOR_PARTITION"],
+const ROUTINE = new Set([
+  "GROUP_COORDINATOR_NOT_AVAILABLE",
+  "NOT_COORDINATOR_FOR_GROUP",
+  "GROUP_LOAD_IN_PROGRESS",
+  "REBALANCE_IN_PROGRESS",
+  "LEADER_NOT_AVAILABLE",
+  "NOT_LEADER_FOR_PARTITION",
 ]);
+
+/**
+ * kafkajs logs a failed response with only the protocol error's message;
+ * its table (kafkajs 2.2.4, pinned in deno.json) gives back the type.
+ */
+const PROTOCOL_TYPES: ReadonlyMap<string, string> = new Map(
+  (errorCodes as Array<{ type: string; message: string }>).map((e) => [e.message, e.type]),
+);
 
 /** `Name: message` of kafkajs's `error` field, which is an Error or only its message. */
 function reasonOf(error: unknown): { text: string; routine: boolean } | null {
   if (error === undefined || error === null || error === "") return null;
-  if (error instanceof Error) {
-    return { text: `${error.name}: ${error.message}`, routine: ROUTINE.has(error.message) };
-  }
-  const message = String(error);
-  const type = ROUTINE.get(message);
-  return type === undefined
-    ? { text: message, routine: false }
-    : { text: `KafkaJSProtocolError ${type}: ${message}`, routine: true };
+  const message = error instanceof Error ? error.message : String(error);
+  const type = (error as { type?: string }).type ?? PROTOCOL_TYPES.get(message);
+  const name = error instanceof Error
+    ? error.name
+    : type === undefined
+    ? ""
+    : "KafkaJSProtocolError";
+  const label = [name, type].filter((x) => x !== undefined && x !== "").join(" ");
+  return {
+    text: label === "" ? message : `${label}: ${message}`,
+    routine: type !== undefined && ROUTINE.has(type),
+  };
 }
 
 const LEVELS: Record<number, LogLevel> = {

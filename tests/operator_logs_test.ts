@@ -257,7 +257,7 @@ Deno.test("kafkaLogCreator() keeps a failed response's reason and logs routine r
     assert.equal(produce!.level, "error");
     assert.match(
       text(produce!),
-      /Response Produce\(key: 0, version: 7\): Not authorized to access topics/,
+      /Response Produce\(key: 0, version: 7\): KafkaJSProtocolError TOPIC_AUTHORIZATION_FAILED: Not authorized to access topics/,
     );
   });
 });
