@@ -9,8 +9,8 @@
 export const REDACTED = "***";
 
 /**
- * Replaces the userinfo (`user:password@`) of every URL or `user@host` form
- * in `text` by `***@`: any setting can hold a URL, and a URL can carry a
+ * Replaces the userinfo `user:password@` of every URL or `user:password@host`
+ * form in `text` by `***@`: any setting can hold a URL, and a URL can carry a
  * password.
  *
  * @example
@@ -24,10 +24,15 @@ export const REDACTED = "***";
  * );
  * assert.equal(redactUserinfo("a:b@h1:9092,h2:9092"), "***@h1:9092,h2:9092");
  * assert.equal(redactUserinfo("127.0.0.1:9092"), "127.0.0.1:9092");
+ * assert.equal(redactUserinfo("partitions 0@12,1@40"), "partitions 0@12,1@40");
  * ```
  */
 export function redactUserinfo(text: string): string {
-  return text.replace(/(^|[\s,;"'(<]|:\/\/)[^\s,;"'(<@/]+@(?=[^\s@])/g, `$1${REDACTED}@`);
+  // Only `user:password@` holds a secret; `partition@offset` and `user@host` forms stay readable.
+  return text.replace(
+    /(^|[\s,;"'(<]|:\/\/)[^\s,;"'(<@/:]*:[^\s,;"'(<@/]*@(?=[^\s@])/g,
+    `$1${REDACTED}@`,
+  );
 }
 
 /**
