@@ -16,6 +16,8 @@ import {
   Partitioners,
   type Producer,
 } from "kafkajs";
+import { StartupError } from "./errors.ts";
+import { redactUserinfo } from "./_redact.ts";
 import { kafkaLogCreator } from "./_kafka_log.ts";
 import type { HttpLogRow } from "./types.ts";
 
@@ -30,6 +32,44 @@ const log = getLogger(["anonymizer", "dlq"]);
 const MAX_REQUEST_BYTES = 512 * 1024;
 /** Headers and record overhead of one dead letter, besides key, value and message. */
 const LETTER_OVERHEAD_BYTES = 256;
+
+/**
+ * kafkajs errors that mean the broker could not be reached or answered too
+ * late: retried at start-up, unlike a refusal, which an operator must fix.
+ */
+const UNREACHABLE = new Set([
+  "KafkaJSConnectionError",
+  "KafkaJSNumberOfRetriesExceeded",
+  "KafkaJSRequestTimeoutError",
+  "KafkaJSBrokerNotFound",
+  "KafkaJSConnectionClosedError",
+  "KafkaJSNonRetriableError",
+]);
+
+/**
+ * Whether `err` says Kafka was out of reach, so the step may be tried again.
+ *
+ * @example
+ * ```ts
+ * import { isUnreachable } from "./_dead_letter.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const timeout = Object.assign(new Error("Request timed out"), { name: "KafkaJSRequestTimeoutError" });
+ * assert.equal(isUnreachable(timeout), true);
+ * assert.equal(isUnreachable(new Error("Topic authorization failed")), false);
+ * ```
+ */
+export function isUnreachable(err: unknown): boolean {
+  return err instanceof Error && UNREACHABLE.has(err.name);
+}
+
+/** What {@linkcode DeadLetterProducer.ensureTopic} creates a missing topic with. */
+export interface DlqTopicOptions {
+  /** Partitions (`KAFKA_DLQ_PARTITIONS`). */
+  partitions: number;
+  /** `retention.ms` (`KAFKA_DLQ_RETENTION_MS`). */
+  retentionMs: number;
+}
 
 /** A message that cannot be stored, with where it came from and why. */
 export interface DeadLetter {
@@ -50,8 +90,10 @@ export interface DeadLetter {
 /** The dead-letter producer. */
 export class DeadLetterProducer {
   readonly #producer: Producer;
+  readonly #kafka: Kafka;
   readonly #topic: string;
   readonly #sourceTopic: string;
+  readonly #scrub: (text: string) => string;
 
   constructor(
     brokers: string[],
@@ -61,25 +103,114 @@ export class DeadLetterProducer {
       clientId: string;
       ssl?: KafkaConfig["ssl"];
       sasl?: KafkaConfig["sasl"];
+      /** Hides secrets in the error-message header. Default: URL userinfo only. */
+      scrub?: (text: string) => string;
     },
   ) {
+    this.#scrub = options.scrub ?? redactUserinfo;
     this.#topic = options.topic;
     this.#sourceTopic = options.sourceTopic;
-    this.#producer = new Kafka({
+    this.#kafka = new Kafka({
       brokers,
       clientId: `${options.clientId}-dlq`,
       ssl: options.ssl,
       sasl: options.sasl,
       logLevel: logLevel.INFO,
       logCreator: kafkaLogCreator,
-    }).producer({
-      allowAutoTopicCreation: true,
+    });
+    this.#producer = this.#kafka.producer({
+      // ensureTopic() creates it with a bounded retention; broker defaults would keep
+      // raw bytes for a week, and with auto-create off the first dead letter would stall.
+      allowAutoTopicCreation: false,
       createPartitioner: Partitioners.DefaultPartitioner,
     });
   }
 
   async connect(): Promise<void> {
     await this.#producer.connect();
+  }
+
+  /**
+   * Checks that the dead-letter topic exists, or creates it with
+   * `options.partitions` and `retention.ms` = `options.retentionMs`. An
+   * existing topic is left as it is; a longer retention than asked is
+   * logged as a warning. Throws a {@linkcode StartupError} naming the setting
+   * when Kafka refuses; rethrows kafkajs's error when Kafka is out of reach.
+   * Returns whether the topic was created.
+   */
+  async ensureTopic(options: DlqTopicOptions): Promise<boolean> {
+    const topic = this.#topic;
+    const admin = this.#kafka.admin();
+    await admin.connect();
+    const refused = (what: string, cause: unknown) =>
+      new StartupError(
+        "KAFKA_DLQ_TOPIC",
+        `Cannot start as the dead-letter topic KAFKA_DLQ_TOPIC=${JSON.stringify(topic)} ${what} ` +
+          `(KAFKA_DLQ_PARTITIONS=${options.partitions}, KAFKA_DLQ_RETENTION_MS=${options.retentionMs}): ` +
+          `${errorText(cause)}`,
+        { cause },
+      );
+    try {
+      let topics: string[];
+      try {
+        topics = await admin.listTopics();
+      } catch (err) {
+        if (isUnreachable(err)) throw err;
+        throw refused("cannot be checked", err);
+      }
+      if (topics.includes(topic)) {
+        await this.#checkRetention(admin, options.retentionMs);
+        return false;
+      }
+      try {
+        await admin.createTopics({
+          waitForLeaders: true,
+          topics: [{
+            topic,
+            numPartitions: options.partitions,
+            configEntries: [{ name: "retention.ms", value: String(options.retentionMs) }],
+          }],
+        });
+      } catch (err) {
+        if (isUnreachable(err)) throw err;
+        throw refused("cannot be created", err);
+      }
+      log.info(
+        "Created dead-letter topic {topic} with {partitions} partitions, retention {retentionMs} ms",
+        { topic, partitions: options.partitions, retentionMs: options.retentionMs },
+      );
+      return true;
+    } finally {
+      await admin.disconnect();
+    }
+  }
+
+  async #checkRetention(admin: ReturnType<Kafka["admin"]>, wanted: number): Promise<void> {
+    let retention: number | null = null;
+    try {
+      const described = await admin.describeConfigs({
+        includeSynonyms: false,
+        resources: [{ type: 2, /* TOPIC */ name: this.#topic, configNames: ["retention.ms"] }],
+      });
+      const value = described.resources[0]?.configEntries.find((e) =>
+        e.configName === "retention.ms"
+      )?.configValue;
+      retention = value === undefined ? null : Number(value);
+    } catch (err) {
+      log.warn("Cannot read retention.ms of dead-letter topic {topic}: {error}", {
+        topic: this.#topic,
+        error: errorText(err),
+      });
+      return;
+    }
+    if (retention !== null && (retention < 0 || retention > wanted)) {
+      log.warn(
+        "Dead-letter topic {topic} keeps messages for retention.ms={retention}, longer than " +
+          "KAFKA_DLQ_RETENTION_MS={wanted}; dead letters can hold raw client addresses, so " +
+          "lower the topic's retention.ms",
+        { topic: this.#topic, retention, wanted },
+      );
+    }
   }
 
   async disconnect(): Promise<void> {
@@ -107,7 +238,7 @@ export class DeadLetterProducer {
           "anonymizer.source.partition": String(d.partition),
           "anonymizer.source.offset": d.offset,
           "anonymizer.error.code": d.code,
-          "anonymizer.error.message": d.message,
+          "anonymizer.error.message": this.#scrub(d.message),
         },
       });
       bytes += size;
@@ -153,10 +284,20 @@ export class DeadLetterProducer {
           "anonymizer.source.partition": String(source.partition),
           "anonymizer.source.offset": String(source.offset),
           "anonymizer.error.code": "clickhouse_rejected",
-          "anonymizer.error.message": error.message.slice(0, 500),
+          "anonymizer.error.message": this.#scrub(error.message.slice(0, 500)),
           "content-type": "application/json",
         },
       }],
     });
   }
+}
+
+/** `Name: message` of an error, with kafkajs's per-topic errors of a failed admin call. */
+function errorText(err: unknown): string {
+  if (!(err instanceof Error)) return String(err);
+  const nested = (err as { errors?: unknown[] }).errors;
+  const inner = Array.isArray(nested) && nested.length > 0
+    ? ` (${nested.map((e) => errorText(e)).join("; ")})`
+    : "";
+  return `${err.name}: ${err.message}${inner}`;
 }

@@ -18,6 +18,8 @@ export interface Config {
   kafkaClientId: string;
   kafkaOffsetReset: OffsetReset;
   kafkaDlqTopic: string;
+  kafkaDlqPartitions: number;
+  kafkaDlqRetentionMs: number;
   kafkaSsl: boolean;
   kafkaSaslMechanism: "plain" | "scram-sha-256" | "scram-sha-512" | null;
   kafkaSaslUsername: string;
@@ -33,6 +35,8 @@ export interface Config {
   clickhouseEncoding: "auto" | WireEncoding;
   clickhouseDedup: "auto" | "check" | "token";
   kvPath: string;
+  maxPastAgeMs: number;
+  maxFutureSkewMs: number;
   logLevel: "trace" | "debug" | "info" | "warning" | "error" | "fatal";
   logFormat: "text" | "json";
   metricsListen: { hostname: string; port: number } | null;
@@ -51,6 +55,12 @@ export interface Setting {
   default: string;
   /** One-line description for `--help` and the README. */
   help: string;
+  /**
+   * Whether the value is secret: never shown, not even in a config error.
+   * Default: `false`; values of other settings are shown with URL userinfo
+   * replaced by `***`.
+   */
+  secret?: boolean;
   /** Parses a raw value; returns an error rule (e.g. `"must be a positive integer"`) via `fail`. */
   parse: (raw: string, fail: (rule: string) => never) => unknown;
 }
@@ -155,6 +165,24 @@ export const SETTINGS: readonly Setting[] = [
     parse: topic,
   },
   {
+    env: "KAFKA_DLQ_PARTITIONS",
+    flag: "kafka-dlq-partitions",
+    key: "kafkaDlqPartitions",
+    default: "1",
+    help: "Partitions of the dead-letter topic when anonymizer creates it",
+    parse: int(1, 10_000),
+  },
+  {
+    env: "KAFKA_DLQ_RETENTION_MS",
+    flag: "kafka-dlq-retention-ms",
+    key: "kafkaDlqRetentionMs",
+    default: "259200000",
+    help:
+      "retention.ms of the dead-letter topic when anonymizer creates it, ms (3 days; at most 30 days)",
+    // Dead letters can hold raw client addresses: their life must be bounded.
+    parse: int(60_000, 2_592_000_000),
+  },
+  {
     env: "KAFKA_SSL",
     flag: "kafka-ssl",
     key: "kafkaSsl",
@@ -185,6 +213,7 @@ export const SETTINGS: readonly Setting[] = [
     key: "kafkaSaslPassword",
     default: "",
     help: "SASL password",
+    secret: true,
     parse: (raw) => raw,
   },
   {
@@ -231,6 +260,7 @@ export const SETTINGS: readonly Setting[] = [
     key: "clickhousePassword",
     default: "",
     help: "ClickHouse password (sent with HTTP basic auth)",
+    secret: true,
     parse: (raw) => raw,
   },
   {
@@ -290,6 +320,22 @@ export const SETTINGS: readonly Setting[] = [
     default: "data/anonymizer.kv",
     help: "Deno KV file holding the durable queue",
     parse: nonEmpty,
+  },
+  {
+    env: "MAX_PAST_AGE_MS",
+    flag: "max-past-age-ms",
+    key: "maxPastAgeMs",
+    default: "2592000000",
+    help: "Records older than this are dead-lettered (timestamp_too_old), ms; raise it for replays",
+    parse: int(60_000),
+  },
+  {
+    env: "MAX_FUTURE_SKEW_MS",
+    flag: "max-future-skew-ms",
+    key: "maxFutureSkewMs",
+    default: "86400000",
+    help: "Records further ahead of now are dead-lettered (timestamp_future), ms",
+    parse: int(0),
   },
   {
     env: "LOG_LEVEL",
@@ -364,7 +410,8 @@ export function loadConfig(
       allowPositionals: false,
     }).values;
   } catch (cause) {
-    const flag = /'(--?[^']+)'/.exec(String(cause))?.[1] ?? args.join(" ");
+    // Only the option's name: the rest of the command line can hold a password.
+    const flag = /'(--?[^'= ]+)/.exec(String(cause))?.[1] ?? "the options";
     throw new ConfigError("the command line", flag, "has an unknown option or a missing value", {
       cause,
     });
@@ -375,7 +422,7 @@ export function loadConfig(
     const raw = typeof fromFlag === "string" ? fromFlag : env[s.env] ?? s.default;
     const name = typeof fromFlag === "string" ? `--${s.flag}` : s.env;
     out[s.key] = s.parse(raw, (rule) => {
-      throw new ConfigError(name, raw, rule);
+      throw new ConfigError(name, raw, rule, { secret: s.secret ?? false });
     });
   }
   const config = out as unknown as Config;
@@ -402,4 +449,21 @@ export function settingsHelp(): string {
       JSON.stringify(s.default).padEnd(24)
     } ${s.help}`
   ).join("\n");
+}
+
+/**
+ * The values of `config` that must never be printed: every secret setting
+ * that is set. Logs are scrubbed of them (see `configureLogging`).
+ *
+ * @example
+ * ```ts
+ * import { loadConfig, secretValues } from "./config.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const config = loadConfig({ CLICKHOUSE_PASSWORD: "pw", KAFKA_SASL_PASSWORD: "" }, []);
+ * assert.deepEqual(secretValues(config), ["pw"]);
+ * ```
+ */
+export function secretValues(config: Config): string[] {
+  return SETTINGS.filter((s) => s.secret).map((s) => String(config[s.key])).filter((v) => v !== "");
 }

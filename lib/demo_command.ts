@@ -7,7 +7,7 @@
 // deno-lint-ignore-file no-console -- a command talks to its user on stdout and stderr
 import { parseArgs } from "node:util";
 import { ClickHouseClient } from "./clickhouse_client.ts";
-import { loadConfig } from "./config.ts";
+import { loadConfig, secretValues } from "./config.ts";
 import { bindQuery, readDashboardQuery } from "./dashboard_query.ts";
 import { configureLogging } from "./logging.ts";
 import { migrate } from "./migrate.ts";
@@ -112,7 +112,11 @@ export async function main(args: string[]): Promise<number> {
     LOG_LEVEL: "warning",
     ...Deno.env.toObject(),
   }, []);
-  await configureLogging({ level: config.logLevel, format: config.logFormat });
+  await configureLogging({
+    level: config.logLevel,
+    format: config.logFormat,
+    secrets: secretValues(config),
+  });
 
   const direct = new ClickHouseClient(flags["direct-url"] ?? server.direct);
   const schema = await migrate(direct, { database: config.clickhouseDatabase });

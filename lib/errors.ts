@@ -7,6 +7,7 @@
  *
  * @module
  */
+import { shownValue } from "./_redact.ts";
 
 /** Options accepted by every anonymizer error constructor. */
 export interface AnonymizerErrorOptions {
@@ -50,7 +51,9 @@ export class AnonymizerError extends Error {
 }
 
 /**
- * A setting has a value anonymizer cannot start with. Never retriable.
+ * A setting has a value anonymizer cannot start with. Never retriable. The
+ * value is shown with any URL userinfo replaced by `***`, and a secret
+ * setting's value not at all.
  *
  * @example
  * ```ts
@@ -63,15 +66,28 @@ export class AnonymizerError extends Error {
  *   'Cannot start as KAFKA_BROKERS must be host:port: current value is "x"',
  * );
  * assert.equal(err.setting, "KAFKA_BROKERS");
+ * assert.equal(
+ *   new ConfigError("CLICKHOUSE_URL", "http://u:pw@h:1", "must not contain credentials").message,
+ *   'Cannot start as CLICKHOUSE_URL must not contain credentials: current value is "http://***@h:1"',
+ * );
  * ```
  */
 export class ConfigError extends AnonymizerError {
   /** The environment variable name of the offending setting. */
   readonly setting: string;
 
-  /** Builds the one-line error for `setting` holding `value`. */
-  constructor(setting: string, value: string, rule: string, options: { cause?: unknown } = {}) {
-    super(`Cannot start as ${setting} ${rule}: current value is ${JSON.stringify(value)}`, {
+  /**
+   * Builds the one-line error for `setting` holding `value`. `options.secret`
+   * (default: `false`) hides the value entirely.
+   */
+  constructor(
+    setting: string,
+    value: string,
+    rule: string,
+    options: { cause?: unknown; secret?: boolean } = {},
+  ) {
+    const shown = JSON.stringify(shownValue(value, { secret: options.secret ?? false }));
+    super(`Cannot start as ${setting} ${rule}: current value is ${shown}`, {
       code: "config_invalid",
       retriable: false,
       cause: options.cause,
@@ -183,5 +199,35 @@ export class QueueError extends AnonymizerError {
   constructor(message: string, options: AnonymizerErrorOptions) {
     super(message, options);
     this.name = "QueueError";
+  }
+}
+
+/**
+ * A start-up step failed in a way retrying cannot fix, e.g. Kafka refused to
+ * create the dead-letter topic. Never retriable; `setting` names the setting
+ * an operator should look at.
+ *
+ * @example
+ * ```ts
+ * import { StartupError } from "./errors.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const err = new StartupError(
+ *   "KAFKA_DLQ_TOPIC",
+ *   'Cannot start as KAFKA_DLQ_TOPIC "x" cannot be created: not authorized',
+ * );
+ * assert.equal(err.setting, "KAFKA_DLQ_TOPIC");
+ * assert.equal(err.retriable, false);
+ * ```
+ */
+export class StartupError extends AnonymizerError {
+  /** The environment variable name of the setting involved. */
+  readonly setting: string;
+
+  /** Builds the error; `message` names `setting` and says what failed. */
+  constructor(setting: string, message: string, options: { cause?: unknown } = {}) {
+    super(message, { code: "startup_failed", retriable: false, cause: options.cause });
+    this.name = "StartupError";
+    this.setting = setting;
   }
 }

@@ -22,6 +22,12 @@ import type { HttpLogRow } from "./types.ts";
 
 const log = getLogger(["anonymizer", "flusher"]);
 
+/**
+ * Refusals in a row after which one error diagnoses them: one can be a
+ * neighbour's request landing just before ours; three in a row are a pattern.
+ */
+const REFUSALS_BEFORE_DIAGNOSIS = 3;
+
 /** What a request to ClickHouse was for. */
 export type RequestKind = "insert" | "check" | "version" | "repair";
 
@@ -81,6 +87,8 @@ export interface FlusherStatus {
   serverVersion: string | null;
   /** Result of the last request. */
   last: FlushEvent | null;
+  /** Requests ch-proxy refused (503) in a row, 0 after any other answer. */
+  refusalsInARow: number;
 }
 
 /** Builds a batch body from a prefix of `rows`, with `batchId` in every row. */
@@ -100,9 +108,19 @@ export interface FlusherOptions {
   spacingMs?: number;
   /** Margin added to the spacing, ms. Default: `750`. */
   marginMs?: number;
-  /** Wait after a 503 before trying again, ms. Default: `5_000`. */
+  /**
+   * Wait after a 503 before trying again, ms. Default: `5_000`. Not a
+   * setting: a refusal does not move nginx's timer, so this only bounds how
+   * late after the real slot a retry lands; repeated refusals are diagnosed
+   * by an error naming `CLICKHOUSE_SPACING_MS` instead.
+   */
   refusalRetryMs?: number;
-  /** How long before a slot to seal the next batch, ms. Default: `1_500`. */
+  /**
+   * How long before a slot to seal the next batch, ms. Default: `1_500`. Not
+   * a setting: a seal takes well under a second (about 85 ms of packing for
+   * a full 1 MiB body), and the margin only trades at most 1.5 s of rows
+   * between two batches.
+   */
   sealLeadMs?: number;
   /**
    * How an unknown outcome is resolved: `"check"` spends a slot on one
@@ -161,7 +179,15 @@ export class Flusher {
   #woken = false;
   #inflight: AbortController | null = null;
   #lastRefusedAt: number | null = null;
-  #status: FlusherStatus = { nextSlotAt: 0, inflight: false, serverVersion: null, last: null };
+  #status: FlusherStatus = {
+    nextSlotAt: 0,
+    inflight: false,
+    serverVersion: null,
+    last: null,
+    refusalsInARow: 0,
+  };
+  /** The batch whose unknown outcome is being resolved, and the slots spent on it so far. */
+  #resolving: { id: bigint; slots: number } | null = null;
   #bytesPerRow = 0;
   #profile: ServerProfile | null = null;
 
@@ -243,6 +269,10 @@ export class Flusher {
   async #recoverInflight(): Promise<void> {
     const pacer = await this.#queue.pacer();
     if (pacer.inflightSince !== null) {
+      log.info(
+        "A request was on the wire since {since} when the process stopped; counting its proxy slot as used",
+        { since: new Date(pacer.inflightSince).toISOString() },
+      );
       // The process died with a request on the wire: it may have used the slot.
       await this.#queue.setPacer({
         lastConsumedAt: Math.max(pacer.lastConsumedAt ?? 0, pacer.inflightSince),
@@ -321,6 +351,23 @@ export class Flusher {
       }
     }
     if (!await this.#sleepUntil(await this.#slot())) return;
+    if (batch.state !== "sealed" && this.#resolving?.id !== batch.id) {
+      this.#resolving = { id: batch.id, slots: 0 };
+      log.info(
+        "Batch {batchId} ({rows} rows, {attempts} sends) has an unknown outcome (state {state}: " +
+          "{lastError}); resolving it by {how}",
+        {
+          batchId: String(batch.id),
+          rows: batch.rows,
+          attempts: batch.attempts,
+          state: batch.state,
+          lastError: batch.lastError ?? "the process stopped during the send",
+          how: this.#strategy() === "check"
+            ? "a check SELECT of its rows (one slot)"
+            : "resending it with its insert_deduplication_token",
+        },
+      );
+    }
     if (batch.state !== "sealed" && this.#strategy() === "check") {
       await this.#check(batch);
     } else {
@@ -386,6 +433,14 @@ export class Flusher {
           what: `INSERT of batch ${batch.id}`,
         }), true);
       await this.#queue.markLanded(batch.id);
+      if (this.#resolving?.id === batch.id) {
+        log.info(
+          "Batch {batchId}: unknown outcome resolved by a token resend ({rows} rows stored once); " +
+            "it cost {slots} slots",
+          { batchId: String(batch.id), rows: batch.rows, slots: this.#resolving.slots },
+        );
+        this.#resolving = null;
+      }
       this.#emitLanded(batch, started, "insert");
     } catch (err) {
       if (!(err instanceof ClickHouseError)) throw err;
@@ -485,13 +540,23 @@ export class Flusher {
       );
       return;
     }
+    const slots = this.#resolving?.id === batch.id ? this.#resolving.slots : 1;
     if (stored === batch.rows) {
-      log.info("Batch {batchId} was stored before its outcome was lost; not resending", {
-        batchId: String(batch.id),
-      });
+      log.info(
+        "Batch {batchId} was stored before its outcome was lost; not resending: unknown " +
+          "outcome resolved by check, all {rows} rows stored; it cost {slots} slots",
+        { batchId: String(batch.id), rows: batch.rows, slots },
+      );
+      this.#resolving = null;
       await this.#queue.markLanded(batch.id);
       this.#emitLanded(batch, this.#opts.now(), "check");
     } else if (stored === 0) {
+      log.info(
+        "Batch {batchId}: unknown outcome resolved by check: none of its {rows} rows were " +
+          "stored; resending it next slot; the check cost {slots} slots",
+        { batchId: String(batch.id), rows: batch.rows, slots },
+      );
+      this.#resolving = null;
       await this.#queue.markState(batch.id, "sealed");
     } else {
       log.error(
@@ -511,7 +576,15 @@ export class Flusher {
             what: `repair of batch ${batch.id}`,
           }),
       );
-      if (done !== null) await this.#queue.markState(batch.id, "sealed");
+      if (done !== null) {
+        log.info(
+          "Batch {batchId}: unknown outcome resolved by repair: deleted {stored} partly stored " +
+            "rows; resending it next slot; check and repair cost {slots} slots",
+          { batchId: String(batch.id), stored, slots: slots + 1 },
+        );
+        this.#resolving = null;
+        await this.#queue.markState(batch.id, "sealed");
+      }
     }
   }
 
@@ -549,6 +622,10 @@ export class Flusher {
     const signal = this.#inflight.signal;
     try {
       const r = await pacedRequest(this.#queue, () => send(signal), { now: this.#opts.now });
+      if ((r.ok || r.slotUsed) && this.#resolving !== null && this.#resolving.id === batch.id) {
+        this.#resolving.slots++;
+      }
+      this.#countRefusal(r.ok ? null : r.error);
       const pacer = await this.#queue.pacer();
       if (r.ok) {
         this.#lastRefusedAt = null;
@@ -563,6 +640,27 @@ export class Flusher {
       this.#inflight = null;
       this.#status.inflight = false;
     }
+  }
+
+  /**
+   * Keeps the count of refusals in a row; at the third, logs the one error
+   * that says what an operator can do about them.
+   */
+  #countRefusal(err: ClickHouseError | null): void {
+    // A refused connection is an outage, not a neighbour on the proxy's limit.
+    if (err?.outcome !== "refused" || err.status !== 503) {
+      this.#status.refusalsInARow = 0;
+      return;
+    }
+    this.#status.refusalsInARow++;
+    if (this.#status.refusalsInARow !== REFUSALS_BEFORE_DIAGNOSIS) return;
+    log.error(
+      "ch-proxy refused {refusals} requests in a row: another client probably shares the " +
+        "proxy's per-IP limit, or CLICKHOUSE_SPACING_MS={spacingMs} is shorter than the proxy's " +
+        "spacing (stock ch-proxy: 62500). Give other clients another source IP, or raise " +
+        "CLICKHOUSE_SPACING_MS to the proxy's rate",
+      { refusals: this.#status.refusalsInARow, spacingMs: this.#opts.spacingMs },
+    );
   }
 
   #report(

@@ -119,6 +119,7 @@ export class KafkaSource {
   #handovers = new Map<number, Array<[bigint, string]>>();
   #status: SourceStatus = { joined: false, assigned: [], lag: {}, backpressure: false };
   #stopping = false;
+  #listening = false;
 
   /** A source reading from `brokers` into `queue`. */
   constructor(brokers: string[], queue: KvQueue, options: KafkaSourceOptions = {}) {
@@ -165,9 +166,32 @@ export class KafkaSource {
   /**
    * Connects and subscribes, then joins the group and consumes in the
    * background: after a crash the join waits for the dead member's session
-   * to expire, and the service must stay stoppable meanwhile.
+   * to expire, and the service must stay stoppable meanwhile. May be called
+   * again after it failed to reach Kafka.
    */
   async start(): Promise<void> {
+    const c = this.#consumer;
+    if (!this.#listening) {
+      this.#listen();
+      this.#listening = true;
+    }
+    if (typeof this.#opts.offsetReset === "object") {
+      await this.#resetToTimestamp(this.#opts.offsetReset.timestamp);
+    }
+    await c.connect();
+    await c.subscribe({
+      topic: this.#opts.topic,
+      fromBeginning: this.#opts.offsetReset !== "latest",
+    });
+    c.run({
+      autoCommit: false,
+      eachBatchAutoResolve: true,
+      partitionsConsumedConcurrently: 1,
+      eachBatch: (payload) => this.#eachBatch(payload),
+    }).catch((err) => log.error("Kafka consumer stopped: {error}", { error: String(err) }));
+  }
+
+  #listen(): void {
     const c = this.#consumer;
     c.on(c.events.GROUP_JOIN, (e) => {
       this.#reconciled.clear();
@@ -193,20 +217,6 @@ export class KafkaSource {
     c.on(c.events.STOP, () => {
       this.#status.joined = false;
     });
-    if (typeof this.#opts.offsetReset === "object") {
-      await this.#resetToTimestamp(this.#opts.offsetReset.timestamp);
-    }
-    await c.connect();
-    await c.subscribe({
-      topic: this.#opts.topic,
-      fromBeginning: this.#opts.offsetReset !== "latest",
-    });
-    c.run({
-      autoCommit: false,
-      eachBatchAutoResolve: true,
-      partitionsConsumedConcurrently: 1,
-      eachBatch: (payload) => this.#eachBatch(payload),
-    }).catch((err) => log.error("Kafka consumer stopped: {error}", { error: String(err) }));
   }
 
   /**

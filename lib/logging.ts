@@ -10,7 +10,9 @@ import {
   getJsonLinesFormatter,
   getTextFormatter,
   type LogLevel,
+  type LogRecord,
 } from "@logtape/logtape";
+import { secretScrubber } from "./_redact.ts";
 
 /** Options of {@linkcode configureLogging}. */
 export interface LoggingOptions {
@@ -18,6 +20,11 @@ export interface LoggingOptions {
   level?: LogLevel;
   /** `"text"` for people, `"json"` for log shippers (one object per line). Default: `"text"`. */
   format?: "text" | "json";
+  /**
+   * Values no line may show (passwords); each is written as `***`, as is the
+   * userinfo of any URL. Default: none (URL userinfo is still redacted).
+   */
+  secrets?: readonly string[];
 }
 
 /**
@@ -34,9 +41,12 @@ export interface LoggingOptions {
  * ```
  */
 export async function configureLogging(options: LoggingOptions = {}): Promise<void> {
-  const formatter = options.format === "json"
+  const base = options.format === "json"
     ? getJsonLinesFormatter({ properties: "flatten" })
     : getTextFormatter({ timestamp: "date-time-timezone" });
+  // Scrubbing the finished line covers every level, logger and property, kafkajs's included.
+  const scrub = secretScrubber(options.secrets ?? []);
+  const formatter = (record: LogRecord) => scrub(base(record));
   await configure({
     reset: true,
     sinks: { console: getConsoleSink({ formatter }) },

@@ -20,6 +20,8 @@ export interface MetricsSources {
   lag: () => Record<number, number>;
   /** Whether consumption is paused by KV back-pressure. */
   backpressure: () => boolean;
+  /** Requests ch-proxy refused in a row (FlusherStatus.refusalsInARow). Default: always 0. */
+  refusalsInARow?: () => number;
 }
 
 /** The service's metrics. */
@@ -70,6 +72,7 @@ function outcomeLabel(e: FlushEvent): string {
  * assert.match(text, /anonymizer_records_consumed_total 3/);
  * assert.match(text, /anonymizer_records_dead_lettered_total\{reason="empty"\} 1/);
  * assert.match(text, /anonymizer_next_request_seconds 12/);
+ * assert.match(text, /anonymizer_clickhouse_refusals_in_a_row 0/);
  * ```
  */
 export function createMetrics(sources: MetricsSources): Metrics {
@@ -106,6 +109,20 @@ export function createMetrics(sources: MetricsSources): Metrics {
     help: "Requests to ClickHouse through ch-proxy, by kind and outcome",
     labelNames: ["kind", "outcome"],
     registry,
+  });
+  const refusals = new Counter({
+    name: "anonymizer_clickhouse_refusals_total",
+    help:
+      "Requests ch-proxy refused (503 from nginx): another client on the IP, or spacing too short",
+    registry,
+  });
+  new Gauge({
+    name: "anonymizer_clickhouse_refusals_in_a_row",
+    help: "Requests ch-proxy refused in a row; 0 after any other answer",
+    registry,
+    collect: (g) => {
+      g.set(sources.refusalsInARow?.() ?? 0);
+    },
   });
   const rowsPerRequest = new Histogram({
     name: "anonymizer_request_rows",
@@ -222,6 +239,7 @@ export function createMetrics(sources: MetricsSources): Metrics {
     },
     onFlush(e) {
       requests.inc({ kind: e.kind, outcome: outcomeLabel(e) });
+      if (e.outcome === "refused" && e.status === 503) refusals.inc();
     },
     onLanded(l) {
       flushed.inc({}, l.rows);

@@ -7,7 +7,7 @@
 // deno-lint-ignore-file no-console -- a command talks to its user on stdout and stderr
 import { dirname } from "node:path";
 import { ClickHouseClient } from "./clickhouse_client.ts";
-import { settingsHelp } from "./config.ts";
+import { secretValues, settingsHelp } from "./config.ts";
 import { configureLogging } from "./logging.ts";
 import { migrate } from "./migrate.ts";
 import { openQueue } from "./kv_queue.ts";
@@ -54,7 +54,11 @@ export async function main(args: string[]): Promise<number> {
   const rest = i >= 0 ? [...args.slice(0, i), ...args.slice(i + 2)] : args;
   const config = configOrExit(rest, HELP);
   if (typeof config === "number") return config;
-  await configureLogging({ level: config.logLevel, format: config.logFormat });
+  await configureLogging({
+    level: config.logLevel,
+    format: config.logFormat,
+    secrets: secretValues(config),
+  });
   const client = new ClickHouseClient(direct ?? config.clickhouseUrl, {
     user: config.clickhouseUser,
     password: config.clickhousePassword,

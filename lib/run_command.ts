@@ -4,7 +4,7 @@
  * @module
  */
 // deno-lint-ignore-file no-console -- a command talks to its user on stdout and stderr
-import { type Config, loadConfig, settingsHelp } from "./config.ts";
+import { type Config, loadConfig, secretValues, settingsHelp } from "./config.ts";
 import { ConfigError } from "./errors.ts";
 import { configureLogging } from "./logging.ts";
 import { startService } from "./service.ts";
@@ -62,18 +62,33 @@ export function configOrExit(args: string[], help: string): Config | number {
 export async function main(args: string[]): Promise<number> {
   const config = configOrExit(args, HELP);
   if (typeof config === "number") return config;
-  await configureLogging({ level: config.logLevel, format: config.logFormat });
+  await configureLogging({
+    level: config.logLevel,
+    format: config.logFormat,
+    secrets: secretValues(config),
+  });
   // Listen before starting: a signal during startup must stop, not kill, a flusher already sending.
   const { promise: signalled, resolve } = Promise.withResolvers<string>();
-  const onSignal = (name: string) => () => resolve(name);
+  const startup = new AbortController();
+  const onSignal = (name: string) => () => {
+    startup.abort(new DOMException(`stopped by ${name} during start-up`, "AbortError"));
+    resolve(name);
+  };
   const handlers = (["SIGTERM", "SIGINT"] as const).map((sig) => {
     const h = onSignal(sig);
     Deno.addSignalListener(sig, h);
     return [sig, h] as const;
   });
-  const service = await startService(config);
-  await signalled;
-  for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
-  await service.stop();
-  return 0;
+  try {
+    const service = await startService(config, { signal: startup.signal });
+    await signalled;
+    await service.stop();
+    return 0;
+  } catch (err) {
+    // A signal while Kafka was still unreachable: startService already stopped everything.
+    if (startup.signal.aborted && err === startup.signal.reason) return 0;
+    throw err;
+  } finally {
+    for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
+  }
 }

@@ -6,7 +6,7 @@
  */
 import { dirname, resolve } from "node:path";
 import { getLogger } from "@logtape/logtape";
-import type { Config } from "./config.ts";
+import { type Config, secretValues } from "./config.ts";
 import { ClickHouseClient } from "./clickhouse_client.ts";
 import { Flusher, type FlusherStatus, type FlushEvent, type Packer } from "./flusher.ts";
 import { KafkaSource, type SourceStatus } from "./kafka_source.ts";
@@ -16,8 +16,18 @@ import { createMetrics, type Metrics } from "./metrics.ts";
 import { serveObservability } from "./observability_server.ts";
 import { packBatch } from "./pack_batch.ts";
 import { DeadLetterProducer } from "./_dead_letter.ts";
+import { AnonymizerError } from "./errors.ts";
+import { lockKvPath } from "./_kv_lock.ts";
+import { secretScrubber } from "./_redact.ts";
 
 const log = getLogger(["anonymizer", "service"]);
+
+/**
+ * Waits between start-up attempts to reach Kafka: doubling from the first,
+ * capped so a broker that comes back is found within half a minute.
+ */
+const KAFKA_RETRY_FIRST_MS = 1_000;
+const KAFKA_RETRY_MAX_MS = 30_000;
 
 /** Options of {@linkcode startService}. */
 export interface ServiceOptions {
@@ -25,6 +35,12 @@ export interface ServiceOptions {
   pack?: Packer;
   /** Called after every ClickHouse request. Default: none. */
   onFlush?: (event: FlushEvent) => void;
+  /**
+   * Ends start-up early (a signal while Kafka is still out of reach): the
+   * service is stopped and the promise rejects with the signal's reason.
+   * Default: none.
+   */
+  signal?: AbortSignal;
 }
 
 /** A running service. */
@@ -45,7 +61,10 @@ export interface Service {
 }
 
 /**
- * Starts the service described by `config`.
+ * Starts the service described by `config`. Takes the lock of `KV_PATH`
+ * first, so a second process on the same queue refuses to start. Until Kafka
+ * is reachable it retries with capped backoff, logging one line per attempt,
+ * while /readyz answers not ready.
  *
  * @example Stop right after start (no Kafka needed to construct; start needs the stack)
  * ```ts ignore
@@ -58,7 +77,14 @@ export interface Service {
  */
 export async function startService(config: Config, options: ServiceOptions = {}): Promise<Service> {
   await Deno.mkdir(dirname(config.kvPath), { recursive: true });
-  const queue = await openQueue(config.kvPath);
+  const lock = await lockKvPath(config.kvPath);
+  let queue: KvQueue;
+  try {
+    queue = await openQueue(config.kvPath);
+  } catch (err) {
+    lock.release();
+    throw err;
+  }
   const client = new ClickHouseClient(config.clickhouseUrl, {
     user: config.clickhouseUser,
     password: config.clickhousePassword,
@@ -76,6 +102,7 @@ export async function startService(config: Config, options: ServiceOptions = {})
     topic: config.kafkaDlqTopic,
     sourceTopic: config.kafkaTopic,
     clientId: config.kafkaClientId,
+    scrub: secretScrubber(secretValues(config)),
     ...kafkaAuth,
   });
   const pack: Packer = options.pack ?? ((rows, batchId, serverVersion) =>
@@ -107,7 +134,11 @@ export async function startService(config: Config, options: ServiceOptions = {})
   });
   // The callbacks below run only after start, once `metrics` exists.
   const s = new KafkaSource(config.kafkaBrokers, queue, {
-    toRow: (value) => messageToRow(value),
+    toRow: (value) =>
+      messageToRow(value, {
+        maxPastAgeMs: config.maxPastAgeMs,
+        maxFutureSkewMs: config.maxFutureSkewMs,
+      }),
     topic: config.kafkaTopic,
     groupId: config.kafkaGroupId,
     clientId: config.kafkaClientId,
@@ -122,6 +153,7 @@ export async function startService(config: Config, options: ServiceOptions = {})
     nextRequestSeconds: () => (flusher.status().nextSlotAt - Date.now()) / 1000,
     lag: () => s.status().lag,
     backpressure: () => s.status().backpressure,
+    refusalsInARow: () => flusher.status().refusalsInARow,
   });
 
   const stopping = new AbortController();
@@ -149,19 +181,8 @@ export async function startService(config: Config, options: ServiceOptions = {})
     }
   });
 
-  await deadLetters.connect();
-  flusher.start();
-  await s.start();
-  log.info("anonymizer {instance} consuming {topic} from {brokers} into {url}, queue {kv}", {
-    instance: queue.instanceId,
-    kv: resolve(config.kvPath),
-    topic: config.kafkaTopic,
-    brokers: config.kafkaBrokers.join(","),
-    url: config.clickhouseUrl,
-  });
-
   let stopped: Promise<void> | null = null;
-  return {
+  const service: Service = {
     queue,
     metrics,
     observabilityAddr: server?.addr ?? null,
@@ -177,9 +198,100 @@ export async function startService(config: Config, options: ServiceOptions = {})
         await server?.finished;
         kvOpen = false;
         queue.close();
+        lock.release();
         log.info("Stopped cleanly");
       })();
       return stopped;
     },
   };
+
+  const brokers = config.kafkaBrokers.join(",");
+  try {
+    await untilKafka("connect the dead-letter producer", () => deadLetters.connect(), {
+      brokers,
+      signal: options.signal,
+    });
+    await untilKafka("check the dead-letter topic", () =>
+      deadLetters.ensureTopic({
+        partitions: config.kafkaDlqPartitions,
+        retentionMs: config.kafkaDlqRetentionMs,
+      }), { brokers, signal: options.signal });
+    flusher.start();
+    await untilKafka("join the consumer group", () => s.start(), {
+      brokers,
+      signal: options.signal,
+    });
+  } catch (err) {
+    await service.stop();
+    throw err;
+  }
+  log.info("anonymizer {instance} consuming {topic} from {brokers} into {url}, queue {kv}", {
+    instance: queue.instanceId,
+    kv: resolve(config.kvPath),
+    topic: config.kafkaTopic,
+    brokers,
+    url: config.clickhouseUrl,
+  });
+  return service;
+}
+
+/**
+ * Runs `step` until it succeeds, waiting with capped backoff between tries
+ * and logging one line per failed try that names `KAFKA_BROKERS`. An
+ * anonymizer error (Kafka refused, e.g. the dead-letter topic) is not
+ * retried. Rejects with the signal's reason once `options.signal` aborts.
+ */
+async function untilKafka(
+  what: string,
+  step: () => Promise<unknown>,
+  options: { brokers: string; signal?: AbortSignal | undefined },
+): Promise<void> {
+  for (let attempt = 1;; attempt++) {
+    options.signal?.throwIfAborted();
+    try {
+      await step();
+      if (attempt > 1) {
+        log.info(
+          `Kafka is reachable at KAFKA_BROKERS={brokers}: could ${what} after {attempt} tries`,
+          {
+            brokers: options.brokers,
+            attempt,
+          },
+        );
+      }
+      return;
+    } catch (err) {
+      if (err instanceof AnonymizerError) throw err;
+      const waitMs = Math.min(KAFKA_RETRY_MAX_MS, KAFKA_RETRY_FIRST_MS * 2 ** (attempt - 1));
+      log.error(
+        `Cannot ${what} with Kafka at KAFKA_BROKERS={brokers} (try {attempt}); ` +
+          "not ready, retrying in {retryS} s: {error}",
+        {
+          brokers: options.brokers,
+          attempt,
+          retryS: waitMs / 1000,
+          error: err instanceof Error ? `${err.name}: ${err.message}` : String(err),
+        },
+      );
+      await abortableDelay(waitMs, options.signal);
+    }
+  }
+}
+
+function abortableDelay(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", aborted);
+    };
+    const aborted = () => {
+      done();
+      reject(signal!.reason);
+    };
+    const timer = setTimeout(() => {
+      done();
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", aborted, { once: true });
+  });
 }

@@ -1,0 +1,263 @@
+/**
+ * What an operator sees: the recovery of an unknown outcome is logged at
+ * info with how it was resolved and what it cost; repeated 503s from the
+ * proxy end in one error naming CLICKHOUSE_SPACING_MS and a refusal counter;
+ * kafkajs's failed responses keep their reason, and routine retried ones are
+ * not errors. The flusher talks to a stand-in ClickHouse on 127.0.0.1 that
+ * answers as ch-proxy and ClickHouse do.
+ */
+import assert from "node:assert/strict";
+import { configure, getTextFormatter, type LogRecord, reset } from "@logtape/logtape";
+import { logLevel } from "kafkajs";
+import { ClickHouseClient } from "../lib/clickhouse_client.ts";
+import { Flusher } from "../lib/flusher.ts";
+import { type KvQueue, openQueue } from "../lib/kv_queue.ts";
+import { createMetrics } from "../lib/metrics.ts";
+import { packBatch } from "../lib/pack_batch.ts";
+import { kafkaLogCreator } from "../lib/_kafka_log.ts";
+import { until } from "./_pipeline.ts";
+import { stockRows } from "./_stock_rows.ts";
+
+const ROWS = 50;
+
+/** Collects every log record of `["anonymizer"]` from debug up. */
+async function captureLogs(): Promise<LogRecord[]> {
+  const records: LogRecord[] = [];
+  await configure({
+    reset: true,
+    sinks: { mem: (r) => records.push(r) },
+    loggers: [
+      { category: ["anonymizer"], lowestLevel: "debug", sinks: ["mem"] },
+      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: [] },
+    ],
+  });
+  return records;
+}
+
+/** The rendered text of a record, as the text format writes it. */
+const text = getTextFormatter();
+
+/** A queue in a temp dir with `ROWS` owned rows and a known 18.16 server. */
+async function queueWithRows(): Promise<KvQueue> {
+  const dir = await Deno.makeTempDir({ prefix: "anonymizer-operator-logs-" });
+  const queue = await openQueue(`${dir}/q.kv`);
+  await queue.setServer({ version: "18.16.1", checkedAt: Date.now() });
+  const entries = stockRows(ROWS, 3).map((row, i) => ({ offset: BigInt(i), row }));
+  await queue.append("http_log", 0, entries, { next: BigInt(ROWS) });
+  await queue.promote("http_log", 0, BigInt(ROWS));
+  return queue;
+}
+
+const pack = (rows: Parameters<typeof packBatch>[0], batchId: bigint, serverVersion: string) =>
+  packBatch(rows, { batchId, serverVersion });
+
+/** A stand-in server answering each request with `answer(n, sql)` (n counts from 1). */
+function standIn(
+  answer: (n: number, sql: string) => Response | Promise<Response>,
+): Deno.HttpServer<Deno.NetAddr> {
+  let n = 0;
+  return Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (req) => {
+    const url = new URL(req.url);
+    const sql = url.searchParams.get("query") ?? await req.text();
+    await req.body?.cancel().catch(() => {});
+    return answer(++n, sql);
+  });
+}
+
+/** A 200 as ClickHouse sends it. */
+const ok = (body = "") =>
+  new Response(body, { status: 200, headers: { "X-ClickHouse-Summary": "{}" } });
+
+Deno.test("Flusher logs at info how a crash's unknown outcome was resolved by a check, and its cost", async (t) => {
+  const records = await captureLogs();
+  await using queue = await queueWithRows();
+  const batch = await queue.seal((rows, id) => pack(rows, id, "18.16.1"));
+  assert.ok(batch !== null);
+  // As left by a process killed with the INSERT on the wire.
+  await queue.markSending(batch.id);
+  await queue.setPacer({ lastConsumedAt: null, inflightSince: Date.now() - 120_000 });
+  await using server = standIn((_, sql) =>
+    /system\.processes/.test(sql) ? ok(`${ROWS}\t0\n`) : new Response("unexpected", { status: 500 })
+  );
+  const flusher = new Flusher(queue, new ClickHouseClient(`http://127.0.0.1:${server.addr.port}`), {
+    pack,
+    dedup: "check",
+    spacingMs: 10,
+    marginMs: 0,
+  });
+  flusher.start();
+  try {
+    await t.step("the batch is confirmed stored by one check", async () => {
+      await until(
+        "the batch to land",
+        async () => (await queue.stats()).landedRows === ROWS || undefined,
+      );
+    });
+  } finally {
+    await flusher.stop({ graceMs: 1_000 });
+    await reset();
+  }
+  const info = records.filter((r) => r.level === "info").map((r) => text(r));
+  await t.step("the crash's request in flight is named", () => {
+    assert.ok(
+      info.some((l) => /A request was on the wire since .* counting its proxy slot/.test(l)),
+      info.join("\n"),
+    );
+  });
+  await t.step("what was unknown and how it is resolved", () => {
+    assert.ok(
+      info.some((l) =>
+        l.includes(String(batch.id)) && /unknown outcome \(state "?sending/.test(l) &&
+        /check SELECT/.test(l)
+      ),
+      info.join("\n"),
+    );
+  });
+  await t.step("the resolution and its cost in slots", () => {
+    assert.ok(
+      info.some((l) =>
+        /was stored before its outcome was lost; not resending: unknown outcome resolved by check, all 50 rows stored; it cost 1 slots/
+          .test(l)
+      ),
+      info.join("\n"),
+    );
+  });
+});
+
+Deno.test("Flusher logs at info an unknown outcome resolved by a token resend, and its cost", async () => {
+  const records = await captureLogs();
+  await using queue = await queueWithRows();
+  const batch = await queue.seal((rows, id) => pack(rows, id, "18.16.1"));
+  assert.ok(batch !== null);
+  await queue.markState(batch.id, "unknown", "Cannot insert batch as the connection was reset");
+  await using server = standIn(() => ok());
+  const flusher = new Flusher(queue, new ClickHouseClient(`http://127.0.0.1:${server.addr.port}`), {
+    pack,
+    dedup: "token",
+    spacingMs: 10,
+    marginMs: 0,
+  });
+  flusher.start();
+  try {
+    await until(
+      "the batch to land",
+      async () => (await queue.stats()).landedRows === ROWS || undefined,
+    );
+  } finally {
+    await flusher.stop({ graceMs: 1_000 });
+    await reset();
+  }
+  const info = records.filter((r) => r.level === "info").map((r) => text(r));
+  assert.ok(
+    info.some((l) => /connection was reset.*insert_deduplication_token/.test(l)),
+    info.join("\n"),
+  );
+  assert.ok(
+    info.some((l) => /resolved by a token resend \(50 rows stored once\); it cost 1 slots/.test(l)),
+    info.join("\n"),
+  );
+});
+
+Deno.test("Flusher diagnoses 503s in a row once, naming CLICKHOUSE_SPACING_MS, and counts them", async (t) => {
+  const records = await captureLogs();
+  await using queue = await queueWithRows();
+  const seenInARow: number[] = [];
+  let flusher: Flusher | null = null;
+  let during = "";
+  // nginx's limit_req refusal: a 503 without any X-ClickHouse-* header, four times, then a 200.
+  await using server = standIn(async (n) => {
+    seenInARow.push(flusher!.status().refusalsInARow);
+    if (n === 5) during = await metrics.registry.metrics();
+    return n <= 4
+      ? new Response("<html>503 Service Temporarily Unavailable</html>", { status: 503 })
+      : ok();
+  });
+  flusher = new Flusher(queue, new ClickHouseClient(`http://127.0.0.1:${server.addr.port}`), {
+    pack,
+    spacingMs: 10,
+    marginMs: 0,
+    refusalRetryMs: 10,
+    onEvent: (e) => metrics.onFlush(e),
+  });
+  const metrics = createMetrics({
+    queue,
+    nextRequestSeconds: () => 0,
+    lag: () => ({}),
+    backpressure: () => false,
+    refusalsInARow: () => flusher!.status().refusalsInARow,
+  });
+  flusher.start();
+  try {
+    await until(
+      "the batch to land",
+      async () => (await queue.stats()).landedRows === ROWS || undefined,
+    );
+  } finally {
+    await flusher.stop({ graceMs: 1_000 });
+    await reset();
+  }
+  await t.step("the count rises with each refusal and resets on the answer", async () => {
+    assert.deepEqual(seenInARow, [0, 1, 2, 3, 4]);
+    assert.equal(flusher!.status().refusalsInARow, 0);
+    assert.match(during, /anonymizer_clickhouse_refusals_in_a_row 4/);
+    const after = await metrics.registry.metrics();
+    assert.match(after, /anonymizer_clickhouse_refusals_total 4/);
+    assert.match(after, /anonymizer_clickhouse_refusals_in_a_row 0/);
+  });
+  await t.step("one error after the third names CLICKHOUSE_SPACING_MS and the diagnosis", () => {
+    const errors = records.filter((r) => r.level === "error").map((r) => text(r));
+    assert.equal(errors.length, 1, errors.join("\n"));
+    assert.match(errors[0]!, /refused 3 requests in a row/);
+    assert.match(errors[0]!, /CLICKHOUSE_SPACING_MS=10/);
+    assert.match(errors[0]!, /another client probably shares the proxy's per-IP limit/);
+  });
+});
+
+Deno.test("kafkaLogCreator() keeps a failed response's reason and logs routine retries at info", async (t) => {
+  const records = await captureLogs();
+  const write = kafkaLogCreator(logLevel.INFO);
+  const entry = (message: string, error: string) => ({
+    namespace: "Connection",
+    level: logLevel.ERROR,
+    label: "ERROR",
+    log: { timestamp: "", logger: "kafkajs", message, error },
+  });
+  write(
+    entry(
+      "Response GroupCoordinator(key: 10, version: 2)",
+      "The group coordinator is not available",
+    ),
+  );
+  write(
+    entry(
+      "Response Heartbeat(key: 12, version: 3)",
+      "The group is rebalancing, so a rejoin is needed",
+    ),
+  );
+  write(
+    entry(
+      "Response Produce(key: 0, version: 7)",
+      "Not authorized to access topics: [Topic authorization failed]",
+    ),
+  );
+  await reset();
+  const [coordinator, heartbeat, produce] = records;
+  await t.step("a fresh start's coordinator answer: info, with type and message", () => {
+    assert.equal(coordinator!.level, "info");
+    assert.match(
+      text(coordinator!),
+      /Connection: Response GroupCoordinator\(key: 10, version: 2\): KafkaJSProtocolError GROUP_COORDINATOR_NOT_AVAILABLE: The group coordinator is not available \(routine; retried\)/,
+    );
+  });
+  await t.step("a rebalance's heartbeat answer: info, with type and message", () => {
+    assert.equal(heartbeat!.level, "info");
+    assert.match(text(heartbeat!), /Heartbeat.*REBALANCE_IN_PROGRESS: The group is rebalancing/);
+  });
+  await t.step("any other failed response stays an error, with its reason", () => {
+    assert.equal(produce!.level, "error");
+    assert.match(
+      text(produce!),
+      /Response Produce\(key: 0, version: 7\): KafkaJSProtocolError TOPIC_AUTHORIZATION_FAILED: Not authorized to access topics/,
+    );
+  });
+});
