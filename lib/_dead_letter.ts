@@ -19,6 +19,7 @@ import {
 import { StartupError } from "./errors.ts";
 import { redactUserinfo } from "./_redact.ts";
 import { kafkaLogCreator } from "./_kafka_log.ts";
+import type { DeadLetterMessage, KafkaSasl } from "./kafka_source.ts";
 import type { HttpLogRow } from "./types.ts";
 
 const log = getLogger(["anonymizer", "dlq"]);
@@ -71,21 +72,8 @@ export interface DlqTopicOptions {
   retentionMs: number;
 }
 
-/** A message that cannot be stored, with where it came from and why. */
-export interface DeadLetter {
-  /** Source partition. */
-  partition: number;
-  /** Source offset. */
-  offset: string;
-  /** Original key. */
-  key: Uint8Array | null;
-  /** Original value, unchanged. */
-  value: Uint8Array | null;
-  /** Machine-readable reason. */
-  code: string;
-  /** One line without payload or address. */
-  message: string;
-}
+/** A message that cannot be stored; the source's own type. */
+export type DeadLetter = DeadLetterMessage;
 
 /** The dead-letter producer. */
 export class DeadLetterProducer {
@@ -101,8 +89,8 @@ export class DeadLetterProducer {
       topic: string;
       sourceTopic: string;
       clientId: string;
-      ssl?: KafkaConfig["ssl"];
-      sasl?: KafkaConfig["sasl"];
+      ssl?: boolean;
+      sasl?: KafkaSasl;
       /** Hides secrets in the error-message header. Default: URL userinfo only. */
       scrub?: (text: string) => string;
     },
@@ -114,7 +102,8 @@ export class DeadLetterProducer {
       brokers,
       clientId: `${options.clientId}-dlq`,
       ssl: options.ssl,
-      sasl: options.sasl,
+      // kafkajs types each mechanism apart; every one takes a user name and a password.
+      sasl: options.sasl as KafkaConfig["sasl"],
       logLevel: logLevel.INFO,
       logCreator: kafkaLogCreator,
     });

@@ -12,34 +12,63 @@ import type { WireEncoding } from "./pack_batch.ts";
 
 /** The validated configuration of `anonymizer run`. */
 export interface Config {
+  /** Kafka bootstrap brokers, comma-separated host:port: `KAFKA_BROKERS`. */
   kafkaBrokers: string[];
+  /** Topic to consume: `KAFKA_TOPIC`. */
   kafkaTopic: string;
+  /** Consumer group id: `KAFKA_GROUP_ID`. */
   kafkaGroupId: string;
+  /** Kafka client id: `KAFKA_CLIENT_ID`. */
   kafkaClientId: string;
+  /** Start of a group without committed offsets: earliest, latest, or a time (ISO 8601 or epoch ms): `KAFKA_OFFSET_RESET`. */
   kafkaOffsetReset: OffsetReset;
+  /** Dead-letter topic for messages that cannot be stored: `KAFKA_DLQ_TOPIC`. */
   kafkaDlqTopic: string;
+  /** Partitions of the dead-letter topic when anonymizer creates it: `KAFKA_DLQ_PARTITIONS`. */
   kafkaDlqPartitions: number;
+  /** retention.ms of the dead-letter topic when anonymizer creates it, ms (3 days; at most 30 days): `KAFKA_DLQ_RETENTION_MS`. */
   kafkaDlqRetentionMs: number;
+  /** Connect to Kafka over TLS (true or false): `KAFKA_SSL`. */
   kafkaSsl: boolean;
+  /** SASL mechanism: plain, scram-sha-256 or scram-sha-512; empty for none: `KAFKA_SASL_MECHANISM`. */
   kafkaSaslMechanism: "plain" | "scram-sha-256" | "scram-sha-512" | null;
+  /** SASL user name: `KAFKA_SASL_USERNAME`. */
   kafkaSaslUsername: string;
+  /** SASL password: `KAFKA_SASL_PASSWORD`. */
   kafkaSaslPassword: string;
+  /** ClickHouse HTTP endpoint, normally ch-proxy: `CLICKHOUSE_URL`. */
   clickhouseUrl: string;
+  /** Database holding http_log: `CLICKHOUSE_DATABASE`. */
   clickhouseDatabase: string;
+  /** ClickHouse user: `CLICKHOUSE_USER`. */
   clickhouseUser: string;
+  /** ClickHouse password (sent with HTTP basic auth): `CLICKHOUSE_PASSWORD`. */
   clickhousePassword: string;
+  /** Minimum spacing between requests, ms (stock ch-proxy: 62500): `CLICKHOUSE_SPACING_MS`. */
   clickhouseSpacingMs: number;
+  /** Safety margin added to the spacing, ms: `CLICKHOUSE_MARGIN_MS`. */
   clickhouseMarginMs: number;
+  /** Largest request body, bytes (ch-proxy's client_max_body_size): `CLICKHOUSE_BODY_LIMIT`. */
   clickhouseBodyLimit: number;
+  /** Per-request timeout, ms: `CLICKHOUSE_TIMEOUT_MS`. */
   clickhouseTimeoutMs: number;
+  /** Body encoding: auto (by server version), native_clickhouse_zstd (any version) or native_zstd (23.3+): `CLICKHOUSE_ENCODING`. */
   clickhouseEncoding: "auto" | WireEncoding;
+  /** Resolving unknown outcomes: check (one SELECT), token (insert_deduplication_token), auto: `CLICKHOUSE_DEDUP`. */
   clickhouseDedup: "auto" | "check" | "token";
+  /** Deno KV file holding the durable queue: `KV_PATH`. */
   kvPath: string;
+  /** Records older than this are dead-lettered (timestamp_too_old), ms; raise it for replays: `MAX_PAST_AGE_MS`. */
   maxPastAgeMs: number;
+  /** Records further ahead of now are dead-lettered (timestamp_future), ms: `MAX_FUTURE_SKEW_MS`. */
   maxFutureSkewMs: number;
+  /** trace, debug, info, warning, error or fatal: `LOG_LEVEL`. */
   logLevel: "trace" | "debug" | "info" | "warning" | "error" | "fatal";
+  /** text or json (one JSON object per line): `LOG_FORMAT`. */
   logFormat: "text" | "json";
+  /** host:port of /metrics, /healthz and /readyz; empty to disable: `METRICS_LISTEN`. */
   metricsListen: { hostname: string; port: number } | null;
+  /** How long a request in flight may finish on SIGTERM/SIGINT, ms: `SHUTDOWN_GRACE_MS`. */
   shutdownGraceMs: number;
 }
 

@@ -20,7 +20,6 @@ import type { KvQueue, QueueEntry } from "./kv_queue.ts";
 import type { HttpLogRow } from "./types.ts";
 import { formatMetadata, parseMetadata, resolvePending, takeOver } from "./_commit_metadata.ts";
 import { kafkaLogCreator } from "./_kafka_log.ts";
-import type { DeadLetter, DeadLetterProducer } from "./_dead_letter.ts";
 
 const log = getLogger(["anonymizer", "kafka"]);
 
@@ -50,6 +49,38 @@ export interface SourceBatchEvent {
   lag: number;
 }
 
+/** SASL credentials for the Kafka connection. */
+export interface KafkaSasl {
+  /** The mechanism, as `KAFKA_SASL_MECHANISM` names it. */
+  mechanism: "plain" | "scram-sha-256" | "scram-sha-512";
+  /** User name. */
+  username: string;
+  /** Password; never logged. */
+  password: string;
+}
+
+/** A message that cannot be stored, with where it came from and why. */
+export interface DeadLetterMessage {
+  /** Source partition. */
+  partition: number;
+  /** Source offset. */
+  offset: string;
+  /** Original key. */
+  key: Uint8Array | null;
+  /** Original value, unchanged. */
+  value: Uint8Array | null;
+  /** Machine-readable reason. */
+  code: string;
+  /** One line without payload or address. */
+  message: string;
+}
+
+/** Where {@linkcode KafkaSource} sends what it cannot store, e.g. the dead-letter producer. */
+export interface DeadLetterSink {
+  /** Writes `letters` durably (acks=all); resolves only once every one is stored. */
+  send(letters: readonly DeadLetterMessage[]): Promise<void>;
+}
+
 /** Options of {@linkcode KafkaSource}. */
 export interface KafkaSourceOptions {
   /** Turns a message value into a row or a rejection. Required in practice; default: rejects everything. */
@@ -63,11 +94,11 @@ export interface KafkaSourceOptions {
   /** Start position for partitions without a committed offset. Default: `"earliest"`. */
   offsetReset?: OffsetReset;
   /** Where invalid messages go. Required in practice; default: none, and a batch with an invalid message fails. */
-  deadLetters?: DeadLetterProducer;
+  deadLetters?: DeadLetterSink;
   /** TLS: `true` or options passed to kafkajs. Default: `false`. */
-  ssl?: KafkaConfig["ssl"];
+  ssl?: boolean;
   /** SASL credentials passed to kafkajs. Default: none. */
-  sasl?: KafkaConfig["sasl"];
+  sasl?: KafkaSasl;
   /** Consumer session timeout, ms. Default: `30_000`. */
   sessionTimeoutMs?: number;
   /** Called after each Kafka batch. Default: none. */
@@ -109,7 +140,7 @@ export class KafkaSource {
   readonly #queue: KvQueue;
   readonly #kafka: Kafka;
   readonly #consumer: Consumer;
-  readonly #deadLetters: DeadLetterProducer | undefined;
+  readonly #deadLetters: DeadLetterSink | undefined;
   readonly #opts: Required<
     Pick<KafkaSourceOptions, "topic" | "groupId" | "offsetReset" | "toRow">
   >;
@@ -136,7 +167,8 @@ export class KafkaSource {
       brokers,
       clientId: options.clientId ?? "anonymizer",
       ssl: options.ssl,
-      sasl: options.sasl,
+      // kafkajs types each mechanism apart; every one takes a user name and a password.
+      sasl: options.sasl as KafkaConfig["sasl"],
       logLevel: logLevel.INFO,
       logCreator: kafkaLogCreator,
     });
@@ -423,7 +455,7 @@ export class KafkaSource {
     const state = await this.#queue.partition(this.#opts.topic, partition);
     const skipBelow = state?.next ?? -1n;
     const entries: QueueEntry[] = [];
-    const dead: DeadLetter[] = [];
+    const dead: DeadLetterMessage[] = [];
     let skipped = 0;
     for (const m of batch.messages) {
       const offset = BigInt(m.offset);

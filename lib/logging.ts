@@ -17,7 +17,7 @@ import { secretScrubber } from "./_redact.ts";
 /** Options of {@linkcode configureLogging}. */
 export interface LoggingOptions {
   /** Lowest level written. Default: `"info"`. */
-  level?: LogLevel;
+  level?: "trace" | "debug" | "info" | "warning" | "error" | "fatal";
   /** `"text"` for people, `"json"` for log shippers (one object per line). Default: `"text"`. */
   format?: "text" | "json";
   /**

@@ -24,10 +24,18 @@ export interface MetricsSources {
   refusalsInARow?: () => number;
 }
 
+/** What a scrape of `/metrics` needs: the text exposition and its content type. */
+export interface MetricsSource {
+  /** The content type of {@linkcode MetricsSource.metrics}. */
+  readonly contentType: string;
+  /** Collects every metric, then renders them in the Prometheus text format. */
+  metrics(): Promise<string>;
+}
+
 /** The service's metrics. */
 export interface Metrics {
   /** The registry to expose. */
-  registry: Registry;
+  registry: MetricsSource;
   /** Records a Kafka batch. */
   onBatch(event: SourceBatchEvent): void;
   /** Records a ClickHouse request. */

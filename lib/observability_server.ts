@@ -6,7 +6,7 @@
  *
  * @module
  */
-import type { Registry } from "./_prometheus.ts";
+import type { MetricsSource } from "./metrics.ts";
 
 /** What `/readyz` reports. */
 export interface Readiness {
@@ -21,7 +21,7 @@ export interface Readiness {
 /** Options of {@linkcode serveObservability}. */
 export interface ObservabilityOptions {
   /** Metrics to expose. Required in practice; default: an empty `/metrics`. */
-  registry?: Registry;
+  registry?: MetricsSource;
   /** Readiness at request time. Default: always ready. */
   readiness?: () => Readiness;
   /** Aborting closes the listener. Default: none. */

@@ -96,7 +96,7 @@ export async function startService(config: Config, options: ServiceOptions = {})
       mechanism: config.kafkaSaslMechanism,
       username: config.kafkaSaslUsername,
       password: config.kafkaSaslPassword,
-    } as never,
+    },
   };
   const deadLetters = new DeadLetterProducer(config.kafkaBrokers, {
     topic: config.kafkaDlqTopic,
