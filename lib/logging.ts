@@ -9,7 +9,6 @@ import {
   getConsoleSink,
   getJsonLinesFormatter,
   getTextFormatter,
-  type LogLevel,
   type LogRecord,
 } from "@logtape/logtape";
 import { secretScrubber } from "./_redact.ts";

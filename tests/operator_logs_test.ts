@@ -38,10 +38,11 @@ async function captureLogs(): Promise<LogRecord[]> {
 const text = getTextFormatter();
 
 /** A queue in a temp dir with `ROWS` owned rows and a known 18.16 server. */
-async function queueWithRows(): Promise<KvQueue> {
+/** A queue of 50 owned rows that knows its server: `version` (default 18.16.1). */
+async function queueWithRows(version = "18.16.1"): Promise<KvQueue> {
   const dir = await Deno.makeTempDir({ prefix: "anonymizer-operator-logs-" });
   const queue = await openQueue(`${dir}/q.kv`);
-  await queue.setServer({ version: "18.16.1", checkedAt: Date.now() });
+  await queue.setServer({ version, checkedAt: Date.now() });
   const entries = stockRows(ROWS, 3).map((row, i) => ({ offset: BigInt(i), row }));
   await queue.append("http_log", 0, entries, { next: BigInt(ROWS) });
   await queue.promote("http_log", 0, BigInt(ROWS));
@@ -126,8 +127,9 @@ Deno.test("Flusher logs at info how a crash's unknown outcome was resolved by a 
 
 Deno.test("Flusher logs at info an unknown outcome resolved by a token resend, and its cost", async () => {
   const records = await captureLogs();
-  await using queue = await queueWithRows();
-  const batch = await queue.seal((rows, id) => pack(rows, id, "18.16.1"));
+  // Tokens need 23.3 or later: on 18.16 the flusher resolves by a check whatever CLICKHOUSE_DEDUP says.
+  await using queue = await queueWithRows("26.9.2.1");
+  const batch = await queue.seal((rows, id) => pack(rows, id, "26.9.2.1"));
   assert.ok(batch !== null);
   await queue.markState(batch.id, "unknown", "Cannot insert batch as the connection was reset");
   await using server = standIn(() => ok());
