@@ -82,12 +82,66 @@ export interface FlusherStatus {
   last: FlushEvent | null;
 }
 
+/** Options the flusher passes to a {@linkcode Packer}. */
+export interface PackHints {
+  /**
+   * Encoding whose last body ClickHouse could not read; a packer that has
+   * another encoding the server reads uses that one. Default: none.
+   */
+  avoidEncoding?: string | undefined;
+}
+
 /** Builds a batch body from a prefix of `rows`, with `batchId` in every row. */
 export type Packer = (
   rows: HttpLogRow[],
   batchId: bigint,
   serverVersion: string,
+  hints?: PackHints,
 ) => PackResult | Promise<PackResult>;
+
+/**
+ * A failure of the whole stream rather than of one row: the flusher keeps the
+ * batch and retries it each slot instead of dead-lettering rows.
+ */
+export interface SystemicFailure {
+  /**
+   * `"body_rejected"`: ClickHouse could not read the body (corrupted,
+   * truncated, failed checksum or decompression, or a setting it rejects).
+   * `"breaker"`: bisecting a rejected batch found rejected rows in more
+   * separate groups than {@linkcode BISECTION_BREAKER_SHARE} of its rows.
+   */
+  cause: "body_rejected" | "breaker";
+  /** The batch kept. */
+  batchId: bigint;
+  /** ClickHouse exception code, when the server sent one. */
+  serverCode?: number | undefined;
+}
+
+/**
+ * Largest share of a rejected batch's rows that bisection may dead-letter.
+ * One bad row in a batch costs one dead letter; rejected rows spread over
+ * more than 1% of a batch (at least one row) point to a systemic cause, such
+ * as a schema change or a server bug, that an operator should fix rather than
+ * lose the rows to the dead-letter topic.
+ *
+ * @example
+ * ```ts
+ * import { BISECTION_BREAKER_SHARE } from "./flusher.ts";
+ * import assert from "node:assert/strict";
+ *
+ * // A full 18,750-row batch may lose at most 187 rows to bisection.
+ * assert.equal(Math.floor(18_750 * BISECTION_BREAKER_SHARE), 187);
+ * ```
+ */
+export const BISECTION_BREAKER_SHARE = 0.01;
+
+/** The bisection of one rejected batch, across the groups it was split into. */
+interface Bisection {
+  /** Rows of the batch first rejected. */
+  rows: number;
+  /** Ids of disjoint groups known to hold at least one rejected row. */
+  suspects: Set<string>;
+}
 
 /** Options of {@linkcode Flusher}. */
 export interface FlusherOptions {
@@ -121,6 +175,8 @@ export interface FlusherOptions {
   onLanded?: (landing: Landing) => void;
   /** Called when a single row is rejected as poison and must be dead-lettered. Default: none (kept and retried). */
   onPoisonRow?: (row: HttpLogRow, error: ClickHouseError, source: PoisonSource) => Promise<void>;
+  /** Called when a batch is kept as a systemic failure instead of being bisected or dead-lettered. Default: none. */
+  onSystemicFailure?: (failure: SystemicFailure) => void;
   /** Clock. Default: `Date.now`. */
   now?: () => number;
 }
@@ -148,11 +204,21 @@ export interface FlusherOptions {
 export class Flusher {
   readonly #queue: KvQueue;
   readonly #client: ClickHouseClient;
-  readonly #opts: Required<Omit<FlusherOptions, "pack" | "onEvent" | "onLanded" | "onPoisonRow">>;
+  readonly #opts: Required<
+    Omit<FlusherOptions, "pack" | "onEvent" | "onLanded" | "onPoisonRow" | "onSystemicFailure">
+  >;
   readonly #onLanded: FlusherOptions["onLanded"];
   readonly #pack: Packer | undefined;
   readonly #onEvent: ((event: FlushEvent) => void) | undefined;
   readonly #onPoisonRow: FlusherOptions["onPoisonRow"];
+  readonly #onSystemicFailure: FlusherOptions["onSystemicFailure"];
+  /** Encoding of the last body ClickHouse could not read; the packer tries another. */
+  #avoidEncoding: string | undefined;
+  /**
+   * Bisections under way, by the id of every group rejected so far. Kept in
+   * memory only: after a restart the group being bisected counts as a new batch.
+   */
+  #bisections = new Map<string, Bisection>();
   #stopping = false;
   #loop: Promise<void> | null = null;
   #wakers = new Set<() => void>();
@@ -170,6 +236,7 @@ export class Flusher {
     this.#pack = options.pack;
     this.#onEvent = options.onEvent;
     this.#onPoisonRow = options.onPoisonRow;
+    this.#onSystemicFailure = options.onSystemicFailure;
     this.#onLanded = options.onLanded;
     this.#opts = {
       database: options.database ?? "default",
@@ -283,7 +350,9 @@ export class Flusher {
       }
     }
     if (!await this.#sleepUntil(await this.#slot())) return;
-    if (batch.state !== "sealed" && this.#strategy() === "check") {
+    // A 413 after an unknown outcome is resolved by a check even with tokens:
+    // splitting gives the rows new batch ids, so a landed attempt would land twice.
+    if (batch.state !== "sealed" && (this.#strategy() === "check" || batch.tooLarge === true)) {
       await this.#check(batch);
     } else {
       await this.#insert(batch);
@@ -301,7 +370,8 @@ export class Flusher {
     if (pack === undefined) throw new Error("Cannot seal a batch as no packer is configured");
     const version = this.#status.serverVersion!;
     const started = performance.now();
-    const batch = await this.#queue.seal((rows, id) => pack(rows, id, version), {
+    const hints = { avoidEncoding: this.#avoidEncoding };
+    const batch = await this.#queue.seal((rows, id) => pack(rows, id, version, hints), {
       // Decoding far more rows than fit costs memory and CPU on every seal; a quarter more
       // than the last batch's density suggests leaves room for variation.
       candidateRows: this.#bytesPerRow > 0
@@ -309,6 +379,9 @@ export class Flusher {
         : this.#opts.candidateRows,
     });
     if (batch !== null) {
+      // Isolated groups are sealed before any other rows, so a batch that is
+      // not one ends every bisection.
+      if (batch.isolated === false) this.#bisections.clear();
       this.#bytesPerRow = batch.bytes / batch.rows;
       log.debug("Sealed batch {batchId}: {rows} rows, {bytes} bytes in {ms} ms", {
         batchId: String(batch.id),
@@ -369,7 +442,12 @@ export class Flusher {
         return;
       case "too_large":
         if (prior !== "sealed") {
-          await this.#queue.markState(batch.id, prior, err.message);
+          log.warn(
+            "ch-proxy refused batch {batchId} as too large after an attempt with an unknown " +
+              "outcome; checking whether that attempt landed before splitting it",
+            { batchId: String(batch.id), bytes: batch.bytes },
+          );
+          await this.#queue.markTooLarge(batch.id, err.message);
           return;
         }
         log.error(
@@ -380,6 +458,10 @@ export class Flusher {
         await this.#queue.unseal(batch.id, { groups: 2 });
         return;
       case "rejected":
+        if (err.code === "body_rejected") {
+          await this.#keepUnreadBody(batch, prior, err);
+          return;
+        }
         if (err.retriable || prior !== "sealed") {
           // Schema, auth or load trouble an operator can fix; the batch waits.
           await this.#queue.markState(batch.id, prior, err.message);
@@ -391,11 +473,89 @@ export class Flusher {
   }
 
   /**
+   * Keeps a batch whose body ClickHouse could not read: no row is to blame,
+   * so nothing is bisected. On a server that reads both encodings, the rows
+   * are sealed again in the other one for the next slot; that is safe only
+   * while no earlier attempt has an unknown outcome, as resealing changes the
+   * batch id.
+   */
+  async #keepUnreadBody(
+    batch: BatchMeta,
+    prior: BatchMeta["state"],
+    err: ClickHouseError,
+  ): Promise<void> {
+    const reencode = prior === "sealed" && isModern(this.#status.serverVersion ?? "0");
+    log.error(
+      "ClickHouse could not read the body of batch {batchId} ({encoding}, code {serverCode}): " +
+        "the body or its transport is at fault, not a row, so nothing is dead-lettered; " +
+        "{retry} at the next slot. Check the proxy and the server for corruption: {error}",
+      {
+        batchId: String(batch.id),
+        encoding: batch.encoding,
+        serverCode: err.serverCode ?? "-",
+        retry: reencode ? "resealing its rows in another encoding" : "resending it",
+        error: err.message,
+      },
+    );
+    this.#onSystemicFailure?.({
+      cause: "body_rejected",
+      batchId: batch.id,
+      serverCode: err.serverCode,
+    });
+    if (!reencode) {
+      await this.#queue.markState(batch.id, prior, err.message);
+      return;
+    }
+    this.#avoidEncoding = batch.encoding;
+    const bisection = this.#bisectionOf(batch);
+    if (bisection !== undefined) this.#bisections.set(String(batch.id), bisection);
+    await this.#queue.unseal(batch.id, { groups: 1, isolate: batch.isolated !== false });
+  }
+
+  /** The bisection an isolated group belongs to, found by the id of the group it came from. */
+  #bisectionOf(batch: BatchMeta): Bisection | undefined {
+    if (batch.isolated === false) return undefined;
+    return this.#bisections.get(batch.isolated.split(":")[0]!);
+  }
+
+  /**
    * Bisects a batch ClickHouse rejected as bad data: halves are sealed alone
    * until a single row is left, which is dead-lettered. Each step costs a slot,
-   * so up front validation keeps this rare.
+   * so up front validation keeps this rare. The breaker holds the batch
+   * instead once rejected rows sit in more separate groups than
+   * {@linkcode BISECTION_BREAKER_SHARE} of the first batch's rows.
    */
   async #isolatePoison(batch: BatchMeta, err: ClickHouseError): Promise<void> {
+    const parent = batch.isolated === false ? undefined : batch.isolated.split(":")[0]!;
+    const bisection = this.#bisectionOf(batch) ?? { rows: batch.rows, suspects: new Set() };
+    // The group replaces the one it came from: both hold the same rejected row.
+    if (parent !== undefined) bisection.suspects.delete(parent);
+    bisection.suspects.add(String(batch.id));
+    this.#bisections.set(String(batch.id), bisection);
+    const limit = Math.max(1, Math.floor(bisection.rows * BISECTION_BREAKER_SHARE));
+    if (bisection.suspects.size > limit) {
+      log.error(
+        "Holding batch {batchId} ({rows} rows) as a systemic failure: ClickHouse rejected rows in " +
+          "{groups} separate groups of a {batchRows}-row batch, more than the {limit} rows " +
+          "bisection may dead-letter. Fix the cause (schema, server settings or version); " +
+          "the batch is retried each slot: {error}",
+        {
+          batchId: String(batch.id),
+          rows: batch.rows,
+          groups: bisection.suspects.size,
+          batchRows: bisection.rows,
+          limit,
+          error: err.message,
+        },
+      );
+      this.#onSystemicFailure?.({
+        cause: "breaker",
+        batchId: batch.id,
+        serverCode: err.serverCode,
+      });
+      await this.#queue.markState(batch.id, "sealed", err.message);
+      return;
+    }
     if (batch.rows > 1) {
       log.warn("ClickHouse rejected batch {batchId} ({rows} rows); bisecting: {error}", {
         batchId: String(batch.id),
@@ -454,7 +614,7 @@ export class Flusher {
       await this.#queue.markLanded(batch.id);
       this.#emitLanded(batch, this.#opts.now(), "check");
     } else if (stored === 0) {
-      await this.#queue.markState(batch.id, "sealed");
+      await this.#resendOrSplit(batch);
     } else {
       log.error(
         "Batch {batchId} is partly stored ({stored} of {rows} rows); deleting it to resend",
@@ -473,8 +633,23 @@ export class Flusher {
             what: `repair of batch ${batch.id}`,
           }),
       );
-      if (done !== null) await this.#queue.markState(batch.id, "sealed");
+      if (done !== null) await this.#resendOrSplit(batch);
     }
+  }
+
+  /** After a check found none of its rows stored, a batch is resent, or split if it was too large. */
+  async #resendOrSplit(batch: BatchMeta): Promise<void> {
+    if (batch.tooLarge !== true) {
+      await this.#queue.markState(batch.id, "sealed");
+      return;
+    }
+    log.error(
+      "ch-proxy refused batch {batchId} of {bytes} bytes as too large, and the check found none " +
+        "of its rows stored; re-splitting it. Lower CLICKHOUSE_BODY_LIMIT to the proxy's " +
+        "client_max_body_size.",
+      { batchId: String(batch.id), bytes: batch.bytes },
+    );
+    await this.#queue.unseal(batch.id, { groups: 2 });
   }
 
   #emitLanded(batch: BatchMeta, started: number, via: Landing["via"]): void {

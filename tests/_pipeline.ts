@@ -518,15 +518,23 @@ export async function until<T>(
 /**
  * Asserts every produced record is stored exactly once: no id missing, none
  * twice, nothing else; every address masked and none equal to a raw one.
+ * `options.url` names the server. Default: {@linkcode CLICKHOUSE_URL}.
  */
-export async function assertExactlyOnce(database: string, records: HttpLogRecord[]): Promise<void> {
+export async function assertExactlyOnce(
+  database: string,
+  records: HttpLogRecord[],
+  options: StoredCountOptions = {},
+): Promise<void> {
   const dup = await clickhouseQuery(
     `SELECT resource_id, count() AS c FROM ${database}.http_log GROUP BY resource_id HAVING c > 1 LIMIT 5`,
+    options,
   );
   assert.equal(dup.trim(), "", `duplicated resource ids (id, count):\n${dup}`);
-  const stored =
-    (await clickhouseQuery(`SELECT resource_id FROM ${database}.http_log ORDER BY resource_id`))
-      .trim().split("\n").filter((l) => l !== "");
+  const stored = (await clickhouseQuery(
+    `SELECT resource_id FROM ${database}.http_log ORDER BY resource_id`,
+    options,
+  ))
+    .trim().split("\n").filter((l) => l !== "");
   const expected = records.map((r) => r.resourceId).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
     .map(String);
   assert.equal(
@@ -539,10 +547,14 @@ export async function assertExactlyOnce(database: string, records: HttpLogRecord
   const unmasked = await clickhouseQuery(
     `SELECT count() FROM ${database}.http_log ` +
       `WHERE NOT (endsWith(remote_addr, '.X') OR endsWith(remote_addr, '::X') OR remote_addr = 'invalid')`,
+    options,
   );
   assert.equal(unmasked.trim(), "0", "rows with an unmasked remote_addr");
   const raw = new Set(records.map((r) => r.remoteAddr));
-  const addrs = (await clickhouseQuery(`SELECT DISTINCT remote_addr FROM ${database}.http_log`))
+  const addrs = (await clickhouseQuery(
+    `SELECT DISTINCT remote_addr FROM ${database}.http_log`,
+    options,
+  ))
     .trim().split("\n");
   assert.equal(addrs.filter((a) => raw.has(a)).length, 0, "a raw address was stored");
 }
