@@ -118,22 +118,26 @@ export interface SystemicFailure {
 }
 
 /**
- * Largest share of a rejected batch's rows that bisection may dead-letter.
- * One bad row in a batch costs one dead letter; rejected rows spread over
- * more than 1% of a batch (at least one row) point to a systemic cause, such
- * as a schema change or a server bug, that an operator should fix rather than
- * lose the rows to the dead-letter topic.
+ * Largest share of a rejected batch's rows that bisection may dead-letter:
+ * 0.1%, and at least one row. One bad row costs one dead letter; rejected
+ * rows in more separate groups than that point to a systemic cause (a schema
+ * change, a server bug or setting) that an operator should fix rather than
+ * lose the stream to the dead-letter topic. Halves are sent breadth first, so
+ * the count of groups known to hold a rejected row grows before any single row
+ * is reached: the breaker usually trips with nothing dead-lettered, after
+ * 2 to 4 × the limit requests (37 when every row of a full 18,750-row batch
+ * is rejected: its limit is 18 rows).
  *
  * @example
  * ```ts
  * import { BISECTION_BREAKER_SHARE } from "./flusher.ts";
  * import assert from "node:assert/strict";
  *
- * // A full 18,750-row batch may lose at most 187 rows to bisection.
- * assert.equal(Math.floor(18_750 * BISECTION_BREAKER_SHARE), 187);
+ * // A full 18,750-row batch may lose at most 18 rows to bisection.
+ * assert.equal(Math.floor(18_750 * BISECTION_BREAKER_SHARE), 18);
  * ```
  */
-export const BISECTION_BREAKER_SHARE = 0.01;
+export const BISECTION_BREAKER_SHARE = 0.001;
 
 /** The bisection of one rejected batch, across the groups it was split into. */
 interface Bisection {
