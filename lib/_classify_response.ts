@@ -9,7 +9,8 @@ import { ClickHouseError } from "./errors.ts";
 
 /**
  * ClickHouse error codes raised while parsing or planning an INSERT, before
- * any part is written: the same body fails the same way (poison data).
+ * any part is written, that can be pinned to the content of a row: the same
+ * row fails the same way in any body (poison data).
  */
 const POISON_CODES = new Set([
   6, // CANNOT_PARSE_TEXT
@@ -17,9 +18,7 @@ const POISON_CODES = new Set([
   26, // CANNOT_PARSE_QUOTED_STRING
   27, // CANNOT_PARSE_INPUT_ASSERTION_FAILED
   32, // ATTEMPT_TO_READ_AFTER_EOF
-  33, // CANNOT_READ_ALL_DATA
   38, // CANNOT_PARSE_DATE
-  40, // CHECKSUM_DOESNT_MATCH
   41, // CANNOT_PARSE_DATETIME
   53, // TYPE_MISMATCH
   69, // ARGUMENT_OUT_OF_BOUND
@@ -27,18 +26,31 @@ const POISON_CODES = new Set([
   72, // CANNOT_PARSE_NUMBER
   117, // INCORRECT_DATA
   131, // TOO_LARGE_STRING_SIZE
-  271, // CANNOT_DECOMPRESS
   321, // VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
-  36, // BAD_ARGUMENTS (e.g. an Enum value that does not exist)
-  691, // UNKNOWN_ELEMENT_OF_ENUM (23.x and later; 18.16 says LOGICAL_ERROR, below)
+  691, // UNKNOWN_ELEMENT_OF_ENUM (modern servers)
+]);
+
+/**
+ * ClickHouse error codes about the body anonymizer built, or its transport,
+ * not about one row: a truncated or corrupted body, a failed checksum or
+ * decompression, or a setting the server rejects. Bisecting on them would
+ * dead-letter every row of a healthy stream, so the batch is kept instead.
+ */
+const BODY_CODES = new Set([
+  33, // CANNOT_READ_ALL_DATA
+  36, // BAD_ARGUMENTS (unless UNKNOWN_ENUM_ELEMENT matches)
+  40, // CHECKSUM_DOESNT_MATCH
+  271, // CANNOT_DECOMPRESS
+  561, // ZSTD_DECODER_FAILED (Content-Encoding: zstd)
 ]);
 
 /**
  * ClickHouse 18.16 reports a value that is not an element of an Enum column as
  * LOGICAL_ERROR (49), a code it otherwise uses for its own bugs; later releases
- * use BAD_ARGUMENTS (36). Only this message makes a 49 poison.
+ * use BAD_ARGUMENTS (36), then UNKNOWN_ELEMENT_OF_ENUM (691). Only this
+ * message makes a 49 or a 36 poison.
  */
-const UNKNOWN_ENUM_ELEMENT = /DB::Exception: Unknown element '.*' for type Enum(8|16)\(/s;
+const UNKNOWN_ENUM_ELEMENT = /DB::Exception: Unknown element '.*' for (type Enum(8|16)\(|enum)/s;
 
 /**
  * ClickHouse error codes raised before any write that a later retry may pass
@@ -111,7 +123,8 @@ export function classifyResponse(
   const code = serverCode(body);
   if (
     code !== undefined &&
-    (POISON_CODES.has(code) || (code === 49 && UNKNOWN_ENUM_ELEMENT.test(body)))
+    (POISON_CODES.has(code) ||
+      ((code === 49 || code === 36) && UNKNOWN_ENUM_ELEMENT.test(body)))
   ) {
     return new ClickHouseError(`Cannot send ${what} as ClickHouse rejected the data: ${brief}`, {
       code: "server_rejected",
@@ -120,6 +133,12 @@ export function classifyResponse(
       status,
       serverCode: code,
     });
+  }
+  if (code !== undefined && BODY_CODES.has(code)) {
+    return new ClickHouseError(
+      `Cannot send ${what} as ClickHouse could not read the body (code ${code}): ${brief}`,
+      { code: "body_rejected", outcome: "rejected", retriable: true, status, serverCode: code },
+    );
   }
   if (code !== undefined && WAIT_CODES.has(code)) {
     return new ClickHouseError(`Cannot send ${what} as ClickHouse refused it: ${brief}`, {

@@ -44,7 +44,7 @@ Deno.test("classifyResponse() tells proxy answers from ClickHouse answers", asyn
 
 Deno.test("classifyResponse() sorts ClickHouse errors by whether data was written", async (t) => {
   await t.step("parse and type errors are poison: rejected, not retriable", () => {
-    for (const code of [27, 53, 36]) {
+    for (const code of [27, 53, 131, 691]) {
       const e = classifyResponse("INSERT", {
         status: 500,
         headers: clickhouse,
@@ -63,6 +63,30 @@ Deno.test("classifyResponse() sorts ClickHouse errors by whether data was writte
         "'FUNCTION _CAST(toString(method) :: 5)'. (UNKNOWN_ELEMENT_OF_ENUM) (version 26.9.2.1)",
     });
     assert.deepEqual([e.outcome, e.retriable, e.serverCode], ["rejected", false, 691]);
+  });
+  await t.step("an unknown Enum element is poison under 49 (18.16) and 36", () => {
+    for (const code of [49, 36]) {
+      const e = classifyResponse("INSERT", {
+        status: 500,
+        headers: clickhouse,
+        body: `Code: ${code}. DB::Exception: Unknown element 'POST' for type Enum8('GET' = 1)`,
+      });
+      assert.deepEqual([e.code, e.retriable], ["server_rejected", false], `code ${code}`);
+    }
+  });
+  await t.step("body and transport errors keep the batch: body_rejected, retriable", () => {
+    for (const code of [33, 36, 40, 271, 561]) {
+      const e = classifyResponse("INSERT", {
+        status: 500,
+        headers: clickhouse,
+        body: `Code: ${code}. DB::Exception: Checksum doesn't match: corrupted data`,
+      });
+      assert.deepEqual(
+        [e.code, e.outcome, e.retriable, e.serverCode],
+        ["body_rejected", "rejected", true, code],
+      );
+      assert.match(e.message, new RegExp(`could not read the body \\(code ${code}\\)`));
+    }
   });
   await t.step("schema, auth and load errors wait: rejected, retriable", () => {
     for (const code of [60, 81, 516, 252]) {

@@ -29,7 +29,7 @@ const CHECKSUM_BYTES = 16;
 export const CLICKHOUSE_BLOCK_OVERHEAD = CHECKSUM_BYTES + BLOCK_HEADER_BYTES;
 
 /**
- * Compresses `data` into one zstd frame. Single-threaded, so the same input
+ * Compresses `data` into one zstd frame with a content checksum. Single-threaded, so the same input
  * and level always give the same bytes with the same zstd library.
  *
  * @example
@@ -43,7 +43,11 @@ export const CLICKHOUSE_BLOCK_OVERHEAD = CHECKSUM_BYTES + BLOCK_HEADER_BYTES;
  * ```
  */
 export function zstdFrame(data: Uint8Array, level: number): Uint8Array<ArrayBuffer> {
-  const out = zstdCompressSync(data, { params: { [constants.ZSTD_c_compressionLevel]: level } });
+  // The content checksum lets the server refuse a frame corrupted on the way
+  // (code 561): without it a flipped byte can decode to other valid rows.
+  const out = zstdCompressSync(data, {
+    params: { [constants.ZSTD_c_compressionLevel]: level, [constants.ZSTD_c_checksumFlag]: 1 },
+  });
   // A Buffer from node:zlib never sits on a SharedArrayBuffer.
   return new Uint8Array(out.buffer as ArrayBuffer, out.byteOffset, out.byteLength);
 }

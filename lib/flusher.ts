@@ -91,12 +91,70 @@ export interface FlusherStatus {
   refusalsInARow: number;
 }
 
+/** Options the flusher passes to a {@linkcode Packer}. */
+export interface PackHints {
+  /**
+   * Encoding whose last body ClickHouse could not read; a packer that has
+   * another encoding the server reads uses that one. Default: none.
+   */
+  avoidEncoding?: string | undefined;
+}
+
 /** Builds a batch body from a prefix of `rows`, with `batchId` in every row. */
 export type Packer = (
   rows: HttpLogRow[],
   batchId: bigint,
   serverVersion: string,
+  hints?: PackHints,
 ) => PackResult | Promise<PackResult>;
+
+/**
+ * A failure of the whole stream rather than of one row: the flusher keeps the
+ * batch and retries it each slot instead of dead-lettering rows.
+ */
+export interface SystemicFailure {
+  /**
+   * `"body_rejected"`: ClickHouse could not read the body (corrupted,
+   * truncated, failed checksum or decompression, or a setting it rejects).
+   * `"breaker"`: bisecting a rejected batch found rejected rows in more
+   * separate groups than {@linkcode BISECTION_BREAKER_SHARE} of its rows.
+   */
+  cause: "body_rejected" | "breaker";
+  /** The batch kept. */
+  batchId: bigint;
+  /** ClickHouse exception code, when the server sent one. */
+  serverCode?: number | undefined;
+}
+
+/**
+ * Largest share of a rejected batch's rows that bisection may dead-letter:
+ * 0.1%, and at least one row. One bad row costs one dead letter; rejected
+ * rows in more separate groups than that point to a systemic cause (a schema
+ * change, a server bug or setting) that an operator should fix rather than
+ * lose the stream to the dead-letter topic. Halves are sent breadth first, so
+ * the count of groups known to hold a rejected row grows before any single row
+ * is reached: the breaker usually trips with nothing dead-lettered, after
+ * 2 to 4 × the limit requests (37 when every row of a full 18,750-row batch
+ * is rejected: its limit is 18 rows).
+ *
+ * @example
+ * ```ts
+ * import { BISECTION_BREAKER_SHARE } from "./flusher.ts";
+ * import assert from "node:assert/strict";
+ *
+ * // A full 18,750-row batch may lose at most 18 rows to bisection.
+ * assert.equal(Math.floor(18_750 * BISECTION_BREAKER_SHARE), 18);
+ * ```
+ */
+export const BISECTION_BREAKER_SHARE = 0.001;
+
+/** The bisection of one rejected batch, across the groups it was split into. */
+interface Bisection {
+  /** Rows of the batch first rejected. */
+  rows: number;
+  /** Ids of disjoint groups known to hold at least one rejected row. */
+  suspects: Set<string>;
+}
 
 /** Options of {@linkcode Flusher}. */
 export interface FlusherOptions {
@@ -140,6 +198,8 @@ export interface FlusherOptions {
   onLanded?: (landing: Landing) => void;
   /** Called when a single row is rejected as poison and must be dead-lettered. Default: none (kept and retried). */
   onPoisonRow?: (row: HttpLogRow, error: ClickHouseError, source: PoisonSource) => Promise<void>;
+  /** Called when a batch is kept as a systemic failure instead of being bisected or dead-lettered. Default: none. */
+  onSystemicFailure?: (failure: SystemicFailure) => void;
   /** Clock. Default: `Date.now`. */
   now?: () => number;
 }
@@ -167,11 +227,21 @@ export interface FlusherOptions {
 export class Flusher {
   readonly #queue: KvQueue;
   readonly #client: ClickHouseClient;
-  readonly #opts: Required<Omit<FlusherOptions, "pack" | "onEvent" | "onLanded" | "onPoisonRow">>;
+  readonly #opts: Required<
+    Omit<FlusherOptions, "pack" | "onEvent" | "onLanded" | "onPoisonRow" | "onSystemicFailure">
+  >;
   readonly #onLanded: FlusherOptions["onLanded"];
   readonly #pack: Packer | undefined;
   readonly #onEvent: ((event: FlushEvent) => void) | undefined;
   readonly #onPoisonRow: FlusherOptions["onPoisonRow"];
+  readonly #onSystemicFailure: FlusherOptions["onSystemicFailure"];
+  /** Encoding of the last body ClickHouse could not read; the packer tries another. */
+  #avoidEncoding: string | undefined;
+  /**
+   * Bisections under way, by the id of every group rejected so far. Kept in
+   * memory only: after a restart the group being bisected counts as a new batch.
+   */
+  #bisections = new Map<string, Bisection>();
   #stopping = false;
   #loop: Promise<void> | null = null;
   #wakers = new Set<() => void>();
@@ -198,6 +268,7 @@ export class Flusher {
     this.#pack = options.pack;
     this.#onEvent = options.onEvent;
     this.#onPoisonRow = options.onPoisonRow;
+    this.#onSystemicFailure = options.onSystemicFailure;
     this.#onLanded = options.onLanded;
     this.#opts = {
       database: options.database ?? "default",
@@ -351,6 +422,9 @@ export class Flusher {
       }
     }
     if (!await this.#sleepUntil(await this.#slot())) return;
+    // A 413 after an unknown outcome is resolved by a check even with tokens:
+    // splitting gives the rows new batch ids, so a landed attempt would land twice.
+    const check = this.#strategy() === "check" || batch.tooLarge === true;
     if (batch.state !== "sealed" && this.#resolving?.id !== batch.id) {
       this.#resolving = { id: batch.id, slots: 0 };
       log.info(
@@ -362,13 +436,13 @@ export class Flusher {
           attempts: batch.attempts,
           state: batch.state,
           lastError: batch.lastError ?? "the process stopped during the send",
-          how: this.#strategy() === "check"
+          how: check
             ? "a check SELECT of its rows (one slot)"
             : "resending it with its insert_deduplication_token",
         },
       );
     }
-    if (batch.state !== "sealed" && this.#strategy() === "check") {
+    if (batch.state !== "sealed" && check) {
       await this.#check(batch);
     } else {
       await this.#insert(batch);
@@ -386,7 +460,8 @@ export class Flusher {
     if (pack === undefined) throw new Error("Cannot seal a batch as no packer is configured");
     const version = this.#status.serverVersion!;
     const started = performance.now();
-    const batch = await this.#queue.seal((rows, id) => pack(rows, id, version), {
+    const hints = { avoidEncoding: this.#avoidEncoding };
+    const batch = await this.#queue.seal((rows, id) => pack(rows, id, version, hints), {
       // Decoding far more rows than fit costs memory and CPU on every seal; a quarter more
       // than the last batch's density suggests leaves room for variation.
       candidateRows: this.#bytesPerRow > 0
@@ -394,6 +469,9 @@ export class Flusher {
         : this.#opts.candidateRows,
     });
     if (batch !== null) {
+      // Isolated groups are sealed before any other rows, so a batch that is
+      // not one ends every bisection.
+      if (batch.isolated === false) this.#bisections.clear();
       this.#bytesPerRow = batch.bytes / batch.rows;
       log.debug("Sealed batch {batchId}: {rows} rows, {bytes} bytes in {ms} ms", {
         batchId: String(batch.id),
@@ -462,7 +540,12 @@ export class Flusher {
         return;
       case "too_large":
         if (prior !== "sealed") {
-          await this.#queue.markState(batch.id, prior, err.message);
+          log.warn(
+            "ch-proxy refused batch {batchId} as too large after an attempt with an unknown " +
+              "outcome; checking whether that attempt landed before splitting it",
+            { batchId: String(batch.id), bytes: batch.bytes },
+          );
+          await this.#queue.markTooLarge(batch.id, err.message);
           return;
         }
         log.error(
@@ -473,6 +556,10 @@ export class Flusher {
         await this.#queue.unseal(batch.id, { groups: 2 });
         return;
       case "rejected":
+        if (err.code === "body_rejected") {
+          await this.#keepUnreadBody(batch, prior, err);
+          return;
+        }
         if (err.retriable || prior !== "sealed") {
           // Schema, auth or load trouble an operator can fix; the batch waits.
           await this.#queue.markState(batch.id, prior, err.message);
@@ -484,11 +571,89 @@ export class Flusher {
   }
 
   /**
+   * Keeps a batch whose body ClickHouse could not read: no row is to blame,
+   * so nothing is bisected. On a server that reads both encodings, the rows
+   * are sealed again in the other one for the next slot; that is safe only
+   * while no earlier attempt has an unknown outcome, as resealing changes the
+   * batch id.
+   */
+  async #keepUnreadBody(
+    batch: BatchMeta,
+    prior: BatchMeta["state"],
+    err: ClickHouseError,
+  ): Promise<void> {
+    const reencode = prior === "sealed" && this.#profile?.modern === true;
+    log.error(
+      "ClickHouse could not read the body of batch {batchId} ({encoding}, code {serverCode}): " +
+        "the body or its transport is at fault, not a row, so nothing is dead-lettered; " +
+        "{retry} at the next slot. Check the proxy and the server for corruption: {error}",
+      {
+        batchId: String(batch.id),
+        encoding: batch.encoding,
+        serverCode: err.serverCode ?? "-",
+        retry: reencode ? "resealing its rows in another encoding" : "resending it",
+        error: err.message,
+      },
+    );
+    this.#onSystemicFailure?.({
+      cause: "body_rejected",
+      batchId: batch.id,
+      serverCode: err.serverCode,
+    });
+    if (!reencode) {
+      await this.#queue.markState(batch.id, prior, err.message);
+      return;
+    }
+    this.#avoidEncoding = batch.encoding;
+    const bisection = this.#bisectionOf(batch);
+    if (bisection !== undefined) this.#bisections.set(String(batch.id), bisection);
+    await this.#queue.unseal(batch.id, { groups: 1, isolate: batch.isolated !== false });
+  }
+
+  /** The bisection an isolated group belongs to, found by the id of the group it came from. */
+  #bisectionOf(batch: BatchMeta): Bisection | undefined {
+    if (batch.isolated === false) return undefined;
+    return this.#bisections.get(batch.isolated.split(":")[0]!);
+  }
+
+  /**
    * Bisects a batch ClickHouse rejected as bad data: halves are sealed alone
    * until a single row is left, which is dead-lettered. Each step costs a slot,
-   * so up front validation keeps this rare.
+   * so up front validation keeps this rare. The breaker holds the batch
+   * instead once rejected rows sit in more separate groups than
+   * {@linkcode BISECTION_BREAKER_SHARE} of the first batch's rows.
    */
   async #isolatePoison(batch: BatchMeta, err: ClickHouseError): Promise<void> {
+    const parent = batch.isolated === false ? undefined : batch.isolated.split(":")[0]!;
+    const bisection = this.#bisectionOf(batch) ?? { rows: batch.rows, suspects: new Set() };
+    // The group replaces the one it came from: both hold the same rejected row.
+    if (parent !== undefined) bisection.suspects.delete(parent);
+    bisection.suspects.add(String(batch.id));
+    this.#bisections.set(String(batch.id), bisection);
+    const limit = Math.max(1, Math.floor(bisection.rows * BISECTION_BREAKER_SHARE));
+    if (bisection.suspects.size > limit) {
+      log.error(
+        "Holding batch {batchId} ({rows} rows) as a systemic failure: ClickHouse rejected rows in " +
+          "{groups} separate groups of a {batchRows}-row batch, more than the {limit} rows " +
+          "bisection may dead-letter. Fix the cause (schema, server settings or version); " +
+          "the batch is retried each slot: {error}",
+        {
+          batchId: String(batch.id),
+          rows: batch.rows,
+          groups: bisection.suspects.size,
+          batchRows: bisection.rows,
+          limit,
+          error: err.message,
+        },
+      );
+      this.#onSystemicFailure?.({
+        cause: "breaker",
+        batchId: batch.id,
+        serverCode: err.serverCode,
+      });
+      await this.#queue.markState(batch.id, "sealed", err.message);
+      return;
+    }
     if (batch.rows > 1) {
       log.warn("ClickHouse rejected batch {batchId} ({rows} rows); bisecting: {error}", {
         batchId: String(batch.id),
@@ -553,11 +718,12 @@ export class Flusher {
     } else if (stored === 0) {
       log.info(
         "Batch {batchId}: unknown outcome resolved by check: none of its {rows} rows were " +
-          "stored; resending it next slot; the check cost {slots} slots",
+          "stored; sending it again next slot (split in two if it was too large); the check " +
+          "cost {slots} slots",
         { batchId: String(batch.id), rows: batch.rows, slots },
       );
       this.#resolving = null;
-      await this.#queue.markState(batch.id, "sealed");
+      await this.#resendOrSplit(batch);
     } else {
       log.error(
         "Batch {batchId} is partly stored ({stored} of {rows} rows); deleting it to resend",
@@ -579,13 +745,29 @@ export class Flusher {
       if (done !== null) {
         log.info(
           "Batch {batchId}: unknown outcome resolved by repair: deleted {stored} partly stored " +
-            "rows; resending it next slot; check and repair cost {slots} slots",
+            "rows; sending it again next slot (split in two if it was too large); check and " +
+            "repair cost {slots} slots",
           { batchId: String(batch.id), stored, slots: slots + 1 },
         );
         this.#resolving = null;
-        await this.#queue.markState(batch.id, "sealed");
+        await this.#resendOrSplit(batch);
       }
     }
+  }
+
+  /** After a check found none of its rows stored, a batch is resent, or split if it was too large. */
+  async #resendOrSplit(batch: BatchMeta): Promise<void> {
+    if (batch.tooLarge !== true) {
+      await this.#queue.markState(batch.id, "sealed");
+      return;
+    }
+    log.error(
+      "ch-proxy refused batch {batchId} of {bytes} bytes as too large, and none of its rows are " +
+        "stored now; re-splitting it. Lower CLICKHOUSE_BODY_LIMIT to the proxy's " +
+        "client_max_body_size.",
+      { batchId: String(batch.id), bytes: batch.bytes },
+    );
+    await this.#queue.unseal(batch.id, { groups: 2 });
   }
 
   #emitLanded(batch: BatchMeta, started: number, via: Landing["via"]): void {

@@ -128,6 +128,11 @@ export interface BatchMeta {
   attempts: number;
   /** Last error, without payload. */
   lastError?: string;
+  /**
+   * Set when ch-proxy answered 413 to a resend whose earlier attempt has an
+   * unknown outcome: the outcome is resolved by a check before any split.
+   */
+  tooLarge?: true;
 }
 
 /** Pacing state persisted across restarts. */
@@ -741,6 +746,18 @@ export class KvQueue implements AsyncDisposable {
     return await this.#updateBatch(
       id,
       (b) => ({ ...b, state: "sending", attempts: b.attempts + 1 }),
+    );
+  }
+
+  /**
+   * Records that ch-proxy refused a resend of the sealed batch as too large
+   * while an earlier attempt's outcome is unknown: state `"unknown"`,
+   * `tooLarge` set.
+   */
+  async markTooLarge(id: bigint, lastError: string): Promise<BatchMeta> {
+    return await this.#updateBatch(
+      id,
+      (b) => ({ ...b, state: "unknown", tooLarge: true, lastError }),
     );
   }
 

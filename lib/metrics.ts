@@ -6,7 +6,7 @@
  * @module
  */
 import { Counter, Gauge, Histogram, Registry } from "./_prometheus.ts";
-import type { FlushEvent, Landing } from "./flusher.ts";
+import type { FlushEvent, Landing, SystemicFailure } from "./flusher.ts";
 import type { KvQueue } from "./kv_queue.ts";
 import type { SourceBatchEvent } from "./kafka_source.ts";
 
@@ -44,6 +44,8 @@ export interface Metrics {
   onLanded(landing: Landing): void;
   /** Records rows dead-lettered after ClickHouse rejected them. */
   onPoisonRows(count: number): void;
+  /** Records a batch kept as a systemic failure instead of being dead-lettered. */
+  onSystemicFailure(failure: SystemicFailure): void;
 }
 
 /** Maps a request result to the `outcome` label: 2xx, 503, 413, 5xx, timeout or unknown. */
@@ -131,6 +133,13 @@ export function createMetrics(sources: MetricsSources): Metrics {
     collect: (g) => {
       g.set(sources.refusalsInARow?.() ?? 0);
     },
+  });
+  const systemic = new Counter({
+    name: "anonymizer_clickhouse_systemic_failures_total",
+    help:
+      "Batches kept instead of dead-lettered, by cause: body_rejected (ClickHouse could not read the body) or breaker (rejected rows too spread to be bad data)",
+    labelNames: ["cause"],
+    registry,
   });
   const rowsPerRequest = new Histogram({
     name: "anonymizer_request_rows",
@@ -259,6 +268,9 @@ export function createMetrics(sources: MetricsSources): Metrics {
     },
     onPoisonRows(n) {
       dead.inc({ reason: "clickhouse_rejected" }, n);
+    },
+    onSystemicFailure(f) {
+      systemic.inc({ cause: f.cause });
     },
   };
 }

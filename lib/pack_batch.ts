@@ -130,6 +130,29 @@ export function defaultEncoding(serverVersion: string): WireEncoding {
 }
 
 /**
+ * The encoding to use for a server version when the body of the last batch,
+ * in `avoid`, could not be read: the other encoding if the server reads both
+ * (23.3 and later), otherwise {@linkcode defaultEncoding}. Without `avoid`,
+ * the default.
+ *
+ * @example
+ * ```ts
+ * import { readableEncoding } from "./pack_batch.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(readableEncoding("26.9.2.1", "native_zstd"), "native_clickhouse_zstd");
+ * assert.equal(readableEncoding("26.9.2.1", "native_clickhouse_zstd"), "native_zstd");
+ * assert.equal(readableEncoding("18.16.1", "native_clickhouse_zstd"), "native_clickhouse_zstd");
+ * assert.equal(readableEncoding("26.9.2.1"), "native_zstd");
+ * ```
+ */
+export function readableEncoding(serverVersion: string, avoid?: string): WireEncoding {
+  const preferred = defaultEncoding(serverVersion);
+  if (avoid !== preferred || preferred === "native_clickhouse_zstd") return preferred;
+  return "native_clickhouse_zstd";
+}
+
+/**
  * The INSERT statement every packed body pairs with, naming the columns in
  * wire order. Throws {@linkcode AnonymizerError} with code `"invalid_option"`
  * when `database` or `table` is not a plain identifier.

@@ -14,7 +14,7 @@ import { type KvQueue, openQueue } from "./kv_queue.ts";
 import { messageToRow } from "./message_to_row.ts";
 import { createMetrics, type Metrics } from "./metrics.ts";
 import { serveObservability } from "./observability_server.ts";
-import { packBatch } from "./pack_batch.ts";
+import { packBatch, readableEncoding } from "./pack_batch.ts";
 import { DeadLetterProducer } from "./_dead_letter.ts";
 import { AnonymizerError } from "./errors.ts";
 import { lockKvPath } from "./_kv_lock.ts";
@@ -105,14 +105,14 @@ export async function startService(config: Config, options: ServiceOptions = {})
     scrub: secretScrubber(secretValues(config)),
     ...kafkaAuth,
   });
-  const pack: Packer = options.pack ?? ((rows, batchId, serverVersion) =>
+  const pack: Packer = options.pack ?? ((rows, batchId, serverVersion, hints) =>
     packBatch(rows, {
       batchId,
       serverVersion,
       bodyLimit: config.clickhouseBodyLimit,
       database: config.clickhouseDatabase,
       ...(config.clickhouseEncoding === "auto"
-        ? {}
+        ? { encoding: readableEncoding(serverVersion, hints?.avoidEncoding) }
         : { encoding: config.clickhouseEncoding as never }),
     }));
   const flusher = new Flusher(queue, client, {
@@ -131,6 +131,7 @@ export async function startService(config: Config, options: ServiceOptions = {})
       await deadLetters.sendRow(row, error, source);
       metrics.onPoisonRows(1);
     },
+    onSystemicFailure: (f) => metrics.onSystemicFailure(f),
   });
   // The callbacks below run only after start, once `metrics` exists.
   const s = new KafkaSource(config.kafkaBrokers, queue, {

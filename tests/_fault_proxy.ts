@@ -1,7 +1,8 @@
 /**
  * A small TCP proxy for fault tests, meant to sit between a private ch-proxy
  * (nginx) and ClickHouse: it passes connections through, delays responses,
- * drops responses after ClickHouse produced them, or refuses service.
+ * drops responses after ClickHouse produced them, mangles request bodies, or
+ * refuses service.
  *
  * nginx opens one upstream connection per request (the template sets no
  * upstream keepalive), so each connection is one request and the proxy can
@@ -17,9 +18,11 @@ import { AnonymizerError } from "../lib/errors.ts";
  * - `"delay"`: forwarded, but the response is held for `delayMs` from its first byte;
  * - `"drop"`: forwarded, the whole response read from ClickHouse and thrown away, then the
  *   connection closed, so the request was applied but nginx answers 502;
- * - `"down"`: accepted and closed at once, unread, so ClickHouse never sees it and nginx answers 502.
+ * - `"down"`: accepted and closed at once, unread, so ClickHouse never sees it and nginx answers 502;
+ * - `"flip"`: forwarded both ways, but the request body byte at `flipOffset` is inverted (XOR
+ *   0xff) on the way, as a faulty network or proxy would; a shorter body passes unchanged.
  */
-export type FaultMode = "pass" | "delay" | "drop" | "down";
+export type FaultMode = "pass" | "delay" | "drop" | "down" | "flip";
 
 /** One connection the proxy accepted. */
 export interface FaultConnection {
@@ -35,6 +38,8 @@ export interface FaultConnection {
   responseBytes: number;
   /** When the upstream response ended (ms), or `null`. */
   upstreamDoneAt: number | null;
+  /** Whether a body byte was inverted (mode `"flip"`). */
+  flipped: boolean;
 }
 
 /** Options of {@linkcode startFaultProxy}. */
@@ -45,6 +50,11 @@ export interface FaultProxyOptions {
   mode?: FaultMode;
   /** Hold time of mode `"delay"`, ms. Default: `5_000`. */
   delayMs?: number;
+  /**
+   * Offset in the request body of the byte mode `"flip"` inverts. Default: `64`, past the
+   * headers of both body encodings and past short queries such as `SELECT version()`.
+   */
+  flipOffset?: number;
 }
 
 /** A running fault proxy. */
@@ -55,6 +65,8 @@ export interface FaultProxy extends AsyncDisposable {
   mode: FaultMode;
   /** Hold time of mode `"delay"`, ms. */
   delayMs: number;
+  /** Offset in the request body of the byte mode `"flip"` inverts. */
+  flipOffset: number;
   /**
    * Picks the mode of one request from its request line; `undefined` keeps
    * {@linkcode FaultProxy.mode}. Not consulted in mode `"down"`. Default: none.
@@ -110,6 +122,7 @@ export function startFaultProxy(options: FaultProxyOptions): Promise<FaultProxy>
     hostPort: `127.0.0.1:${listener.addr.port}`,
     mode: options.mode ?? "pass",
     delayMs: options.delayMs ?? 5_000,
+    flipOffset: options.flipOffset ?? 64,
     rule: null,
     connections,
     close() {
@@ -143,6 +156,7 @@ export function startFaultProxy(options: FaultProxyOptions): Promise<FaultProxy>
       mode: proxy.mode,
       responseBytes: 0,
       upstreamDoneAt: null,
+      flipped: false,
     };
     connections.push(record);
     let server: Deno.Conn | null = null;
@@ -155,6 +169,15 @@ export function startFaultProxy(options: FaultProxyOptions): Promise<FaultProxy>
       if (record.mode === "down") return;
       const end = indexOf(head, HEAD_END);
       if (end >= 0) record.bodyPreview = text.slice(end + 4, end + 4 + PREVIEW);
+      // Bytes of the body seen so far: whatever followed the head in its reads.
+      let bodySeen = end >= 0 ? head.length - (end + 4) : 0;
+      const flip = (data: Uint8Array, bodyAt: number): void => {
+        const i = proxy.flipOffset - bodyAt;
+        if (record.mode !== "flip" || record.flipped || i < 0 || i >= data.length) return;
+        data[i]! ^= 0xff;
+        record.flipped = true;
+      };
+      if (end >= 0) flip(head.subarray(end + 4), 0);
       server = track(await Deno.connect(upstream));
       await writeAll(server, head);
       const s = server;
@@ -163,6 +186,8 @@ export function startFaultProxy(options: FaultProxyOptions): Promise<FaultProxy>
         for (;;) {
           const n = await client.read(buf);
           if (n === null) return;
+          flip(buf.subarray(0, n), bodySeen);
+          bodySeen += n;
           if (record.bodyPreview.length < PREVIEW) {
             record.bodyPreview += new TextDecoder().decode(buf.subarray(0, n))
               .slice(0, PREVIEW - record.bodyPreview.length);

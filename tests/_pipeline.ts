@@ -518,6 +518,7 @@ export async function until<T>(
 /**
  * Asserts every produced record is stored exactly once: no id missing, none
  * twice, nothing else; every address masked and none equal to a raw one.
+ * `options.url` names the server. Default: {@linkcode CLICKHOUSE_URL}.
  */
 export async function assertExactlyOnce(
   database: string,

@@ -3,11 +3,14 @@
  * the flusher bisects its batch until the row is alone, dead-letters it, and
  * stores every other row exactly once. ClickHouse is made to reject one row
  * through schema alone, no product hook: a MATERIALIZED column whose type the
- * poison row's method cannot fit.
+ * poison row's method cannot fit. When every row is rejected, the cause is
+ * systemic: the breaker holds the batch after dead-lettering at most
+ * BISECTION_BREAKER_SHARE of it, and the rest lands once the schema is fixed.
  */
 import assert from "node:assert/strict";
 import { classifyResponse } from "../lib/_classify_response.ts";
 import { encodeRecord } from "../lib/encode_record.ts";
+import { BISECTION_BREAKER_SHARE } from "../lib/flusher.ts";
 import { packBatch } from "../lib/pack_batch.ts";
 import { startService } from "../lib/service.ts";
 import { syntheticRecords } from "../lib/synthetic_records.ts";
@@ -15,11 +18,20 @@ import type { HttpLogRecord } from "../lib/types.ts";
 import {
   assertExactlyOnce,
   createWorld,
+  produceRecords,
+  scrapeMetrics,
   storedCount,
+  until,
   type World,
   worldConfig,
 } from "./_pipeline.ts";
-import { CLICKHOUSE_TARGET, CLICKHOUSE_URL, clickhouseQuery, topicMessageCount } from "./_stack.ts";
+import {
+  CLICKHOUSE_TARGETS,
+  clickhouseQuery,
+  type ClickHouseTarget,
+  freePort,
+  topicMessageCount,
+} from "./_stack.ts";
 import { goodMessages, type TestMessage } from "./_malformed.ts";
 import { produceRaw, readTopic, report, waitUntil } from "./_bad_input.ts";
 
@@ -33,8 +45,8 @@ interface Variant {
   column: string;
   /** The poison record's method: known, so it passes validation unchanged. */
   method: string;
-  /** ClickHouse's exception code for the poison row. */
-  serverCode: number;
+  /** ClickHouse's exception code for the poison row, per server. */
+  serverCode: Record<ClickHouseTarget["name"], number>;
 }
 
 const FIXED_STRING: Variant = {
@@ -42,7 +54,7 @@ const FIXED_STRING: Variant = {
     "anonymizer dead-letters a poison row ClickHouse rejects (FixedString overflow) after bisecting",
   column: "method4 FixedString(4) MATERIALIZED toString(method)",
   method: "OPTIONS",
-  serverCode: 131,
+  serverCode: { "18.16": 131, modern: 131 },
 };
 
 const ENUM8: Variant = {
@@ -50,8 +62,7 @@ const ENUM8: Variant = {
     "anonymizer dead-letters a poison row ClickHouse rejects (unknown Enum8 element) after bisecting",
   column: "method_enum Enum8('GET' = 1, 'HEAD' = 2) MATERIALIZED toString(method)",
   method: "POST",
-  // 18.16 says LOGICAL_ERROR with an "Unknown element" message; modern servers UNKNOWN_ELEMENT_OF_ENUM.
-  serverCode: CLICKHOUSE_TARGET.name === "modern" ? 691 : 49,
+  serverCode: { "18.16": 49, modern: 691 },
 };
 
 function poisonRecord(now: number, method: string): HttpLogRecord {
@@ -69,7 +80,7 @@ function poisonRecord(now: number, method: string): HttpLogRecord {
 }
 
 /** Inserts one packed row straight into ClickHouse and classifies the answer as the flusher would. */
-async function probeInsert(database: string, record: HttpLogRecord) {
+async function probeInsert(target: ClickHouseTarget, database: string, record: HttpLogRecord) {
   const row = {
     timestamp: Number(record.timestampEpochMilli / 1000n),
     resourceId: record.resourceId,
@@ -82,7 +93,7 @@ async function probeInsert(database: string, record: HttpLogRecord) {
     url: record.url,
   };
   const packed = packBatch([row], { batchId: 1n, serverVersion: "18.16.1", database });
-  const url = new URL(CLICKHOUSE_URL);
+  const url = new URL(target.url);
   for (const [k, v] of Object.entries(packed.query)) url.searchParams.set(k, v);
   const res = await fetch(url, { method: "POST", body: packed.body, headers: packed.headers });
   const body = await res.text();
@@ -98,32 +109,41 @@ async function insertRequests(world: World) {
   return log.filter((e) => decodeURIComponent(e.uri.replaceAll("+", " ")).includes("INSERT INTO"));
 }
 
-function poisonTest(v: Variant): Deno.TestDefinition {
+function poisonTest(v: Variant, target: ClickHouseTarget): Deno.TestDefinition {
+  const clickhouse = { url: target.url };
+  const serverCode = v.serverCode[target.name];
   return {
-    name: v.name,
+    name: `${v.name} on ClickHouse ${target.name}`,
     sanitizeOps: false,
     sanitizeResources: false,
     async fn(t) {
-      await using world = await createWorld();
+      await using world = await createWorld({ clickhouse });
       const now = Date.now();
       const poison = poisonRecord(now, v.method);
 
       await t.step(`make http_log refuse method ${v.method}: ADD COLUMN ${v.column}`, async () => {
-        await clickhouseQuery(`ALTER TABLE ${world.database}.http_log ADD COLUMN ${v.column}`);
+        await clickhouseQuery(
+          `ALTER TABLE ${world.database}.http_log ADD COLUMN ${v.column}`,
+          clickhouse,
+        );
       });
 
       await t.step(
-        `ClickHouse answers code ${v.serverCode}, classified rejected and not retriable`,
+        `ClickHouse answers code ${serverCode}, classified rejected and not retriable`,
         async () => {
-          const probe = await probeInsert(world.database, poison);
+          const probe = await probeInsert(target, world.database, poison);
           report(`ClickHouse: ${probe.status} ${probe.body.trim().slice(0, 200)}`);
           assert.equal(probe.status, 500);
-          assert.match(probe.body, new RegExp(`^Code: ${v.serverCode}\\b`));
-          assert.equal(await storedCount(world.database), 0, "the probe stored nothing");
+          assert.match(probe.body, new RegExp(`^Code: ${serverCode}\\b`));
+          assert.equal(
+            await storedCount(world.database, clickhouse),
+            0,
+            "the probe stored nothing",
+          );
           const e = probe.error;
           assert.deepEqual(
             { outcome: e.outcome, retriable: e.retriable, serverCode: e.serverCode },
-            { outcome: "rejected", retriable: false, serverCode: v.serverCode },
+            { outcome: "rejected", retriable: false, serverCode },
             `classifyResponse() says ${e.code}/${e.outcome}/retriable=${e.retriable}`,
           );
         },
@@ -157,7 +177,7 @@ function poisonTest(v: Variant): Deno.TestDefinition {
         await t.step("every good record lands and the poison row reaches the DLQ", async () => {
           const done = await waitUntil(
             async () =>
-              await storedCount(world.database) >= GOOD &&
+              await storedCount(world.database, clickhouse) >= GOOD &&
               await topicMessageCount(world.dlqTopic) >= 1,
             90_000,
           );
@@ -165,6 +185,7 @@ function poisonTest(v: Variant): Deno.TestDefinition {
           report(
             `  after ${Math.round(performance.now() - started)} ms: ${await storedCount(
               world.database,
+              clickhouse,
             )} ` +
               `stored, ${await topicMessageCount(
                 world.dlqTopic,
@@ -195,7 +216,7 @@ function poisonTest(v: Variant): Deno.TestDefinition {
       await t.step(
         "every good record is stored exactly once, the poison row not at all",
         async () => {
-          await assertExactlyOnce(world.database, records);
+          await assertExactlyOnce(world.database, records, clickhouse);
         },
       );
 
@@ -212,7 +233,7 @@ function poisonTest(v: Variant): Deno.TestDefinition {
           assert.equal(d.headers["anonymizer.source.offset"], String(poisonSource!.offset));
           assert.match(
             d.headers["anonymizer.error.message"] ?? "",
-            new RegExp(`Code: ${v.serverCode}`),
+            new RegExp(`Code: ${serverCode}`),
           );
           const row = JSON.parse(new TextDecoder().decode(d.value!));
           assert.equal(row.resourceId, String(POISON_ID));
@@ -225,5 +246,81 @@ function poisonTest(v: Variant): Deno.TestDefinition {
   };
 }
 
-Deno.test(poisonTest(FIXED_STRING));
-Deno.test(poisonTest(ENUM8));
+const BREAKER_RECORDS = 2_000;
+const BREAKER = `anonymizer_clickhouse_systemic_failures_total{cause="breaker"}`;
+
+function breakerTest(target: ClickHouseTarget): Deno.TestDefinition {
+  const clickhouse = { url: target.url };
+  const most = Math.floor(BREAKER_RECORDS * BISECTION_BREAKER_SHARE);
+  return {
+    name:
+      `anonymizer holds a batch whose every row ClickHouse rejects, after at most ${most} dead letters, on ClickHouse ${target.name}`,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    async fn(t) {
+      await using world = await createWorld({ clickhouse, prefix: "breaker" });
+      const column = "method1 FixedString(1) MATERIALIZED toString(method)";
+      await t.step(`make http_log refuse every row: ADD COLUMN ${column}`, async () => {
+        await clickhouseQuery(`ALTER TABLE ${world.database}.http_log ADD COLUMN ${column}`, {
+          url: target.url,
+        });
+      });
+      const { records } = await produceRecords(world, { count: BREAKER_RECORDS, seed: 779 });
+      const metricsUrl = `http://127.0.0.1:${freePort()}/metrics`;
+      const service = await startService(
+        worldConfig(world, { METRICS_LISTEN: new URL(metricsUrl).host }),
+      );
+      try {
+        await t.step(`the breaker stops bisection within ${most} dead letters`, async () => {
+          await until("the breaker", async () => {
+            const { series } = await scrapeMetrics(metricsUrl);
+            return (series.get(BREAKER) ?? 0) >= 1 ? true : undefined;
+          });
+          const held = await topicMessageCount(world.dlqTopic);
+          const tripped = (await insertRequests(world)).length;
+          // Ten more proxy slots: a held batch is retried, never bisected further.
+          await new Promise((r) => setTimeout(r, 10 * world.spacingMs));
+          const later = await topicMessageCount(world.dlqTopic);
+          const { series } = await scrapeMetrics(metricsUrl);
+          report(
+            `  ${later} dead letters (${held} when the breaker tripped, after ${tripped} INSERTs); breaker counted ${
+              series.get(BREAKER)
+            } times`,
+          );
+          assert.equal(later, held, "no dead letter after the breaker tripped");
+          assert.ok(later <= most, `${later} dead letters, at most ${most}`);
+          assert.equal(await storedCount(world.database, clickhouse), 0);
+          assert.ok((series.get(BREAKER) ?? 0) >= 2, "the held batch is retried each slot");
+        });
+
+        await t.step("after the schema is fixed every other row lands exactly once", async () => {
+          await clickhouseQuery(`ALTER TABLE ${world.database}.http_log DROP COLUMN method1`, {
+            url: target.url,
+          });
+          const letters = await readTopic(world.dlqTopic);
+          const lettered = new Set(
+            letters.map((d) => JSON.parse(new TextDecoder().decode(d.value!)).resourceId),
+          );
+          const rest = records.filter((r) => !lettered.has(String(r.resourceId)));
+          assert.equal(rest.length, records.length - letters.length, "dead letters are distinct");
+          await until(
+            `${rest.length} rows stored`,
+            async () =>
+              await storedCount(world.database, clickhouse) >= rest.length ? true : undefined,
+          );
+          await new Promise((r) => setTimeout(r, 5 * world.spacingMs));
+          await assertExactlyOnce(world.database, rest, clickhouse);
+          assert.equal(await topicMessageCount(world.dlqTopic), letters.length);
+        });
+      } finally {
+        await service.stop();
+      }
+    },
+  };
+}
+
+for (const target of CLICKHOUSE_TARGETS) {
+  Deno.test(poisonTest(FIXED_STRING, target));
+  Deno.test(poisonTest(ENUM8, target));
+  Deno.test(breakerTest(target));
+}
