@@ -6,10 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { loadConfig, SETTINGS } from "../lib/config.ts";
-
-const ROOT = new URL("..", import.meta.url);
-/** The permissions of the deno.json tasks. */
-const PERMISSIONS = ["--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys"];
+import { runCli } from "./_cli.ts";
 
 /** One value per setting that its parser must refuse. */
 const BAD_VALUES: Readonly<Record<string, string>> = {
@@ -74,33 +71,13 @@ interface Run {
   stderrLines: string[];
 }
 
-/**
- * Runs `deno run <permissions> main.ts ...args` with only `env` (plus what
- * deno needs to find its cache); a run that has not ended after 30 s is killed
- * and fails the test, since it means a bad value was taken and the service started.
- */
+/** {@linkcode runCli}, with stderr as its lines. */
 async function cli(args: string[], env: Record<string, string>): Promise<Run> {
-  const keep = ["PATH", "HOME", "DENO_DIR", "XDG_CACHE_HOME"];
-  const passed = Object.fromEntries(
-    keep.flatMap((k) => {
-      const v = Deno.env.get(k);
-      return v === undefined ? [] : [[k, v]];
-    }),
-  );
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", ...PERMISSIONS, "main.ts", ...args],
-    cwd: ROOT,
-    clearEnv: true,
-    env: { ...passed, NO_COLOR: "1", ...env },
-    stdout: "piped",
-    stderr: "piped",
-    signal: AbortSignal.timeout(30_000),
-  }).output();
-  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  const run = await runCli(args, env);
   return {
-    code: out.code,
-    stdout: text(out.stdout),
-    stderrLines: text(out.stderr).split("\n").filter((l) => l !== ""),
+    code: run.code,
+    stdout: run.stdout,
+    stderrLines: run.stderr.split("\n").filter((l) => l !== ""),
   };
 }
 

@@ -9,12 +9,11 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { readTopic } from "./_bad_input.ts";
+import { runCli } from "./_cli.ts";
 import { createWorld, produceRecords, spawnService, until } from "./_pipeline.ts";
 import { CLICKHOUSE_TARGETS, kafkaClient } from "./_stack.ts";
 
-const ROOT = new URL("..", import.meta.url);
 const MARKER = `Mk${crypto.randomUUID().replaceAll("-", "")}`;
-const PERMISSIONS = ["--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys"];
 
 /** Every secret setting holding the marker. */
 const SECRETS: Readonly<Record<string, string>> = {
@@ -32,23 +31,10 @@ function assertNoMarker(where: string, text: string): void {
   );
 }
 
-/** Runs `deno run main.ts ...args` with only `env`; returns the exit code and all output. */
+/** {@linkcode runCli}: the exit code and all output. */
 async function cli(args: string[], env: Record<string, string>): Promise<[number, string]> {
-  const keep = ["PATH", "HOME", "DENO_DIR", "XDG_CACHE_HOME"].flatMap((k) => {
-    const v = Deno.env.get(k);
-    return v === undefined ? [] : [[k, v]];
-  });
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", ...PERMISSIONS, "main.ts", ...args],
-    cwd: ROOT,
-    clearEnv: true,
-    env: { ...Object.fromEntries(keep), NO_COLOR: "1", ...env },
-    stdout: "piped",
-    stderr: "piped",
-    signal: AbortSignal.timeout(60_000),
-  }).output();
-  const text = new TextDecoder();
-  return [out.code, text.decode(out.stdout) + text.decode(out.stderr)];
+  const run = await runCli(args, env, { timeoutMs: 60_000 });
+  return [run.code, run.stdout + run.stderr];
 }
 
 /** Every byte of the files of the queue at `kvPath` (database, WAL, lock), as Latin-1 text. */
