@@ -52,7 +52,7 @@ export async function openHttpEngine(url: string): Promise<Engine> {
     if (!res.ok) throw sqlFailed(url, sql, `status ${res.status}: ${data}`);
     return { data, ms: performance.now() - started };
   };
-  const version = (await post("SELECT version()", {})).data.trim();
+  const version = (await post("SELECT version() FORMAT TabSeparated", {})).data.trim();
   const modern = isModern(version);
   const settings: Record<string, string> = modern
     ? {}

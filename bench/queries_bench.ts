@@ -420,16 +420,8 @@ async function main(): Promise<void> {
     concurrency: values.concurrency.split(",").map(Number),
   };
   const sizes = values.sizes.split(",").map(Number);
-  const results = [];
-  for (const kind of values.engines.split(",")) {
-    const { engine, close } = await openEngine(kind);
-    try {
-      for (const size of sizes) results.push(await benchOne(engine, size, options));
-      await engine.run(`DROP DATABASE IF EXISTS ${options.database}`);
-    } finally {
-      await close();
-    }
-  }
+  const started = new Date();
+  const results: unknown[] = [];
   const report = {
     runs: options.runs,
     days: options.days,
@@ -437,8 +429,20 @@ async function main(): Promise<void> {
     concurrency: options.concurrency,
     results,
   };
-  const file = await recordResults("queries", report);
-  progress(`recorded ${file.pathname}`);
+  for (const kind of values.engines.split(",")) {
+    const { engine, close } = await openEngine(kind);
+    try {
+      for (const size of sizes) {
+        results.push(await benchOne(engine, size, options));
+        // Rewritten after each size, so a long run that fails late keeps what it measured.
+        const file = await recordResults("queries", report, { date: started });
+        progress(`recorded ${file.pathname}`);
+      }
+      await engine.run(`DROP DATABASE IF EXISTS ${options.database}`);
+    } finally {
+      await close();
+    }
+  }
   Deno.stdout.writeSync(encoder.encode(JSON.stringify({ bench: "queries", ...report }) + "\n"));
 }
 
