@@ -7,8 +7,7 @@
 -- network without resource from http_log_totals_ip_1h; a resource alone from
 -- http_log_totals_resource_1h; a resource with anything else from http_log (no rollup keys it:
 -- the combination is as rare as a raw row), scanning only the hours in which the hour tables saw
--- the resource and the network (empty subqueries yield 1970 and so an empty range; count() * 0
--- keeps the network's bounds an aggregate, one row, when no network is given).
+-- the resource and the network (empty subqueries yield 1970 and so an empty range).
 SELECT
     t,
     sum(requests) AS total_requests,
@@ -58,11 +57,10 @@ FROM
                 AND hour >= toStartOfHour({from:DateTime}) AND hour <= {to:DateTime}
         ) AS hours_of_resource,
         (
-            SELECT if({remote_addr:String} = '',
-                (toDateTime(count() * 0), toDateTime(4294967295) + count() * 0),
-                (min(hour), max(hour) + 3600))
-            FROM {{database}}.http_log_totals_ip_1h
-            WHERE remote_addr = {remote_addr:String}
+            SELECT (min(hour), max(hour) + 3600) FROM {{database}}.http_log_totals_ip_1h
+            -- ClickHouse 26.9 reads every row for remote_addr = '', so no network looks up a
+            -- value that cannot be one, and the bounds it yields are not used.
+            WHERE remote_addr = if({remote_addr:String} = '', 'none', {remote_addr:String})
                 AND hour >= toStartOfHour({from:DateTime}) AND hour <= {to:DateTime}
         ) AS hours_of_network
     SELECT
@@ -76,8 +74,8 @@ FROM
             {to:DateTime}, toDateTime(0))
         AND timestamp >= tupleElement(hours_of_resource, 1)
         AND timestamp < tupleElement(hours_of_resource, 2)
-        AND timestamp >= tupleElement(hours_of_network, 1)
-        AND timestamp < tupleElement(hours_of_network, 2)
+        AND ({remote_addr:String} = '' OR timestamp >= tupleElement(hours_of_network, 1))
+        AND ({remote_addr:String} = '' OR timestamp < tupleElement(hours_of_network, 2))
         AND resource_id = toUInt64(if({resource_id:String} = '', '0', {resource_id:String}))
         AND ({remote_addr:String} = '' OR remote_addr = {remote_addr:String})
         AND ({response_status:String} = ''
