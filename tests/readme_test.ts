@@ -48,10 +48,13 @@ function figureTables(text: string): { files: string[]; rows: string[] }[] {
   const lines = text.split("\n");
   for (let i = 0; i < lines.length; i++) {
     if (!lines[i]!.startsWith("|") || lines[i - 1]?.startsWith("|")) continue;
+    // The paragraph just above the table, past the blank line markdown needs before it.
+    let j = i - 1;
+    while (j >= 0 && lines[j]!.trim() === "") j--;
     let above = "";
-    for (let j = i - 1; j >= 0 && lines[j]!.trim() !== ""; j--) above = lines[j] + "\n" + above;
+    for (; j >= 0 && lines[j]!.trim() !== ""; j--) above = lines[j] + "\n" + above;
     const rows = [];
-    for (let j = i; j < lines.length && lines[j]!.startsWith("|"); j++) rows.push(lines[j]!);
+    for (let k = i; k < lines.length && lines[k]!.startsWith("|"); k++) rows.push(lines[k]!);
     const files = [...above.matchAll(/bench\/results\/[\w.-]+\.json/g)].map((m) => m[0]);
     if (files.length > 0) tables.push({ files, rows });
   }
