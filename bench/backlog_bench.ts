@@ -38,6 +38,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { recordResults } from "./_results.ts";
 import { produce } from "../lib/produce.ts";
 import { syntheticRecords } from "../lib/synthetic_records.ts";
 import { createWorld, delay } from "../tests/_pipeline.ts";
@@ -290,4 +291,5 @@ try {
   await closeWorld(world, values.keep);
   await forwarder.close();
 }
+await recordResults("backlog", report);
 Deno.stdout.writeSync(new TextEncoder().encode(JSON.stringify(report) + "\n"));

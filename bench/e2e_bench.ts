@@ -50,6 +50,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { recordResults } from "./_results.ts";
 import { produce, type ProduceSummary } from "../lib/produce.ts";
 import { syntheticRecords } from "../lib/synthetic_records.ts";
 import { createWorld, delay, spacingFor } from "../tests/_pipeline.ts";
@@ -403,6 +404,7 @@ try {
   load.stop();
   await closeWorld(world, values.keep);
 }
+await recordResults("e2e", report);
 Deno.stdout.writeSync(new TextEncoder().encode(JSON.stringify(report) + "\n"));
 
 function countStatuses(log: AccessLogEntry[]): Record<string, number> {

@@ -1,18 +1,25 @@
 /**
  * Times the Grafana dashboard queries of schema/queries/ against N raw rows of the stock
- * producer's distribution, loaded through http_log so that the totals views fill, on a
- * ClickHouse server over HTTP (direct, not ch-proxy) and on chDB.
+ * distribution (bench/_stock_sql.ts, the SQL twin of lib/synthetic_records.ts), loaded through
+ * http_log so that the totals views fill, on ClickHouse 18.16 and on a modern server, both over
+ * HTTP; chDB in-process is a third, optional engine.
  *
  * ```sh
- * deno task bench:queries --sizes 1000000,10000000 --engines clickhouse,chdb --runs 5 --chunk 1000000
+ * deno task bench:queries --sizes 1000000,10000000 --engines 18.16,modern --runs 5
  * ```
  *
- * Each query is timed once merges have settled and again after `OPTIMIZE ... FINAL`, where the
- * sizes on disk are taken; docs/performance.md reports a run.
+ * Every query runs for each time range (`--ranges`, ending now) and each number of concurrent
+ * panels (`--concurrency`: that many copies at once, each timed); `combination_totals` runs for
+ * all 15 non-empty combinations of resource, network, status and cache status, with hot keys (the
+ * top resource and busiest network of the last complete hour) and cold ones (those of one row).
+ * Each is timed once background merges have settled and again after `OPTIMIZE ... FINAL`, where
+ * the sizes on disk are taken. The report goes to bench/results/ (bench/_results.ts).
  *
- * Env: `BENCH_CLICKHOUSE_URL` (default `http://127.0.0.1:8123`), `BENCH_DATABASE` (default
- * `anonymizer_bench`, dropped and recreated), `BENCH_CHDB_DIR` (default a temp dir, removed).
- * Progress goes to stderr; the last stdout line is the JSON report.
+ * Engines: `18.16` is `BENCH_CLICKHOUSE_URL` (default `http://127.0.0.1:8123`); `modern` starts a
+ * private `stack/chdb_server.py` on a free port and a temp dir, so big data never loads the
+ * shared stack's server; `chdb` runs chDB in-process. `BENCH_DATABASE` (default
+ * `anonymizer_bench`) is dropped and recreated. Progress goes to stderr; the last stdout line is
+ * the JSON report.
  *
  * @module
  */
@@ -21,11 +28,26 @@ import { AnonymizerError } from "../lib/errors.ts";
 import { bindQuery, type ParamValue, readDashboardQuery } from "../lib/dashboard_query.ts";
 import { type Engine, openChdbEngine, openHttpEngine, sqlRunner } from "./_engines.ts";
 import { migrate } from "../lib/migrate.ts";
+import { recordResults } from "./_results.ts";
+import { stockInsertSql } from "./_stock_sql.ts";
 
 const TOTALS_VIEWS = ["http_log_totals_1m", "http_log_totals_resource_1h", "http_log_totals_ip_1h"];
+const HOUR = 3600;
 const DAY = 86_400;
+const RANGES: Record<string, number> = { "1h": HOUR, "1d": DAY, "7d": 7 * DAY, "30d": 30 * DAY };
+const DIMENSIONS = ["resource_id", "remote_addr", "response_status", "cache_status"] as const;
+type Dimension = typeof DIMENSIONS[number];
+type Keys = Record<Dimension, string>;
 
 interface QueryTiming {
+  phase: string;
+  query: string;
+  /** Dimensions filtered, `+`-joined; `-` for queries without a combination. */
+  combination: string;
+  /** `hot`, `cold`, or `-` for queries that look up no key. */
+  key: string;
+  range: string;
+  concurrency: number;
   p50_ms: number;
   p95_ms: number;
   result_rows: number;
@@ -41,59 +63,6 @@ interface TableSize {
 const encoder = new TextEncoder();
 function progress(message: string): void {
   Deno.stderr.writeSync(encoder.encode(`${new Date().toISOString()} ${message}\n`));
-}
-
-/**
- * `rows` of the stock producer's distribution, generated server-side, with timestamps uniform over
- * the seconds [first, last]; `batch` fills batch_id.
- */
-function loadStatement(
-  database: string,
-  rows: number,
-  seconds: { first: number; last: number },
-  batch: number,
-): string {
-  const words = [
-    "static",
-    "media",
-    "content",
-    "images",
-    "video",
-    "assets",
-    "files",
-    "stream",
-    "thumbnails",
-    "preview",
-    "live",
-    "vod",
-    "downloads",
-    "public",
-    "cache",
-    "data",
-  ];
-  const list = (values: string[]) => `[${values.map((v) => `'${v}'`).join(",")}]`;
-  // rand(n) with distinct n keeps ClickHouse from folding the calls into one value.
-  const word = (n: number) => `${list(words)}[rand(${n}) % ${words.length} + 1]`;
-  return `
-INSERT INTO ${database}.http_log
-    (timestamp, resource_id, bytes_sent, request_time_milli, response_status, cache_status,
-     method, remote_addr, url, batch_id)
-SELECT
-    toDateTime(${seconds.first} + rand(1) % ${seconds.last - seconds.first + 1}),
-    100000000 + rand64(2) % 900000000,
-    rand64(3) % 2097152,
-    rand(4) % 30001,
-    [200, 301, 400, 403, 404, 500, 502, 504][rand(5) % 8 + 1],
-    ${list(["HIT", "MISS", "BYPASS", "STALE", "EXPIRED", "REVALIDATED", "UPDATING", "SCARCE"])}
-        [rand(6) % 8 + 1],
-    ['GET', 'HEAD'][rand(7) % 2 + 1],
-    concat(toString(rand(8) % 256), '.', toString(rand(9) % 256), '.', toString(rand(10) % 256),
-        '.X'),
-    concat('/', ${word(11)}, '/', ${word(12)}, '/', ${word(13)}, '/', ${word(14)}, '/',
-        ${word(15)}, '/', substring(lower(hex(MD5(toString(rand64(16))))), 1, 20 + rand(17) % 13),
-        ${list(["", ".jpg", ".png", ".js", ".css", ".m3u8", ".ts", ".mp4"])}[rand(18) % 8 + 1]),
-    ${batch}
-FROM numbers(${rows})`;
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -131,43 +100,101 @@ async function tableSizes(engine: Engine, database: string): Promise<Record<stri
   return sizes;
 }
 
-async function queryNames(): Promise<string[]> {
-  const names = [];
-  for await (const entry of Deno.readDir(new URL("../schema/queries/", import.meta.url))) {
-    if (entry.name.endsWith(".sql")) names.push(entry.name.replace(/\.sql$/, ""));
-  }
-  return names.sort();
+/** One timed query: which file, the placeholder values, and how the report labels it. */
+interface Case {
+  query: string;
+  combination: string;
+  key: string;
+  range: string;
+  params: Record<string, ParamValue>;
 }
 
-async function timeQueries(
+function cases(to: number, ranges: string[], keys: { hot: Keys; cold: Keys }): Case[] {
+  const list: Case[] = [{
+    query: "top_resources",
+    combination: "-",
+    key: "-",
+    range: "1h",
+    params: { from: to - HOUR },
+  }];
+  for (const range of ranges) {
+    const window = { from: to - RANGES[range]!, to, step: 60 };
+    for (const query of ["traffic_over_time", "cache_status_over_time", "status_codes_over_time"]) {
+      list.push({ query, combination: "-", key: "-", range, params: window });
+    }
+    for (const [key, values] of Object.entries(keys)) {
+      list.push({
+        query: "ip_totals",
+        combination: "remote_addr",
+        key,
+        range,
+        params: { ...window, remote_addr: values.remote_addr },
+      });
+      list.push({
+        query: "resource_day",
+        combination: "resource_id",
+        key,
+        range,
+        params: { ...window, resource_id: values.resource_id },
+      });
+      for (let mask = 1; mask < 16; mask++) {
+        const chosen = DIMENSIONS.filter((_, i) => (mask & (1 << i)) !== 0);
+        const params: Record<string, ParamValue> = { ...window };
+        for (const d of DIMENSIONS) params[d] = chosen.includes(d) ? values[d] : "";
+        list.push({
+          query: "combination_totals",
+          combination: chosen.join("+"),
+          key,
+          range,
+          params,
+        });
+      }
+    }
+  }
+  return list;
+}
+
+async function timeCases(
   engine: Engine,
   database: string,
-  params: Record<string, ParamValue>,
-  options: { runs: number; phase: string },
-): Promise<Record<string, QueryTiming>> {
-  const to = Number(params.to);
-  const timings: Record<string, QueryTiming> = {};
-  for (const name of await queryNames()) {
-    const from = to - (name === "top_resources" ? 3600 : DAY);
-    const sql = bindQuery(await readDashboardQuery(name), {
-      database,
-      params: { ...params, from },
-    });
-    let resultRows = 0;
-    const times: number[] = [];
-    for (let run = 0; run <= options.runs; run++) {
-      const { data, ms } = await engine.run(sql);
-      resultRows = data.trim() === "" ? 0 : data.trim().split("\n").length;
-      if (run > 0) times.push(ms);
+  list: Case[],
+  options: { runs: number; phase: string; concurrency: number[] },
+): Promise<QueryTiming[]> {
+  const timings: QueryTiming[] = [];
+  const templates = new Map<string, string>();
+  for (const c of list) {
+    if (!templates.has(c.query)) templates.set(c.query, await readDashboardQuery(c.query));
+    const sql = bindQuery(templates.get(c.query)!, { database, params: c.params });
+    for (const concurrency of options.concurrency) {
+      let resultRows = 0;
+      const times: number[] = [];
+      // The first round warms caches and is not timed.
+      for (let run = 0; run <= options.runs; run++) {
+        const answers = await Promise.all(
+          Array.from({ length: concurrency }, () => engine.run(sql)),
+        );
+        const data = answers[0]!.data.trim();
+        resultRows = data === "" ? 0 : data.split("\n").length;
+        if (run > 0) times.push(...answers.map((a) => a.ms));
+      }
+      times.sort((a, b) => a - b);
+      const timing = {
+        phase: options.phase,
+        query: c.query,
+        combination: c.combination,
+        key: c.key,
+        range: c.range,
+        concurrency,
+        p50_ms: percentile(times, 0.5),
+        p95_ms: percentile(times, 0.95),
+        result_rows: resultRows,
+      };
+      timings.push(timing);
+      progress(
+        `${engine.label} ${options.phase} ${c.query} ${c.combination} ${c.key} ${c.range} ` +
+          `x${concurrency}: p50 ${timing.p50_ms} ms, p95 ${timing.p95_ms} ms`,
+      );
     }
-    times.sort((a, b) => a - b);
-    const timing = {
-      p50_ms: percentile(times, 0.5),
-      p95_ms: percentile(times, 0.95),
-      result_rows: resultRows,
-    };
-    timings[name] = timing;
-    progress(`${engine.label} ${options.phase}: ${name} p50 ${timing.p50_ms} ms`);
   }
   return timings;
 }
@@ -188,25 +215,66 @@ async function settleMerges(engine: Engine, database: string, limitSeconds: numb
 
 const tenths = (seconds: number) => Math.round(seconds * 10) / 10;
 
-async function benchOne(
-  engine: Engine,
-  size: number,
-  options: { database: string; runs: number; chunk: number },
-) {
+/** Hot: the top resource and busiest network of the last complete hour; cold: one row's. */
+async function lookupKeys(engine: Engine, database: string, now: number) {
+  const lastHour = Math.floor(now / HOUR) * HOUR - HOUR;
+  const cold = await engine.run(
+    `SELECT resource_id, remote_addr, response_status, cache_status FROM ${database}.http_log
+     WHERE timestamp >= ${lastHour} AND timestamp < ${lastHour + HOUR} LIMIT 1`,
+  );
+  const [resourceId = "0", remoteAddr = "", status = "0", cacheStatus = ""] = cold.data.trim()
+    .split("\t");
+  const hotResource = await engine.run(
+    `SELECT resource_id FROM ${database}.http_log_totals_resource_1h
+     WHERE hour = toDateTime(${lastHour}) GROUP BY resource_id
+     ORDER BY sum(requests) DESC, resource_id LIMIT 1`,
+  );
+  const hotNetwork = await engine.run(
+    `SELECT remote_addr FROM ${database}.http_log_totals_ip_1h
+     WHERE hour = toDateTime(${lastHour}) GROUP BY remote_addr
+     ORDER BY sum(requests) DESC, remote_addr LIMIT 1`,
+  );
+  return {
+    hot: {
+      resource_id: hotResource.data.trim(),
+      remote_addr: hotNetwork.data.trim(),
+      response_status: "200",
+      cache_status: "HIT",
+    },
+    cold: {
+      resource_id: resourceId,
+      remote_addr: remoteAddr,
+      response_status: status,
+      cache_status: cacheStatus,
+    },
+  };
+}
+
+interface BenchOptions {
+  database: string;
+  runs: number;
+  chunk: number;
+  days: number;
+  ranges: string[];
+  concurrency: number[];
+}
+
+async function benchOne(engine: Engine, size: number, options: BenchOptions) {
   const { database, runs } = options;
   await engine.run(`DROP DATABASE IF EXISTS ${database}`);
   await migrate(sqlRunner(engine), { database });
   const now = Math.floor(Date.now() / 1000);
+  const span = options.days * DAY;
   const loadStarted = performance.now();
-  // Chunks arrive in time order, each covering its share of the day, as the service inserts.
+  // Chunks arrive in time order, each covering its share of the span, as the service inserts.
   const chunks = Math.ceil(size / options.chunk);
   for (let loaded = 0, batch = 1; loaded < size; batch++) {
     const rows = Math.min(options.chunk, size - loaded);
-    const seconds = {
-      first: now - DAY + 1 + Math.floor((batch - 1) * DAY / chunks),
-      last: now - DAY + Math.floor(batch * DAY / chunks),
-    };
-    await engine.run(loadStatement(database, rows, seconds, batch));
+    await engine.run(stockInsertSql(`${database}.http_log`, rows, {
+      first: now - span + 1 + Math.floor((batch - 1) * span / chunks),
+      last: now - span + Math.floor(batch * span / chunks),
+      batchId: batch,
+    }));
     loaded += rows;
     const elapsed = (performance.now() - loadStarted) / 1000;
     progress(`${engine.label}: loaded ${loaded}/${size} rows in ${elapsed.toFixed(1)} s`);
@@ -215,23 +283,11 @@ async function benchOne(
   const settleSeconds = await settleMerges(engine, database, 900);
   progress(`${engine.label}: background merges settled after ${settleSeconds.toFixed(1)} s`);
 
-  // A row from the last hour gives the single resource, network and combination to look up.
-  const sample = await engine.run(
-    `SELECT resource_id, remote_addr, response_status, cache_status FROM ${database}.http_log
-     WHERE timestamp > ${now - 3600} LIMIT 1`,
-  );
-  const [resourceId = "0", remoteAddr = "", status = "0", cacheStatus = ""] = sample.data.trim()
-    .split("\t");
-  const params: Record<string, ParamValue> = {
-    to: now,
-    step: 60,
-    resource_id: BigInt(resourceId),
-    remote_addr: remoteAddr,
-    response_status: Number(status),
-    cache_status: cacheStatus,
-  };
+  const keys = await lookupKeys(engine, database, now);
+  const list = cases(now, options.ranges, keys);
+  const timing = { runs, concurrency: options.concurrency };
   const settledTables = await tableSizes(engine, database);
-  const settled = await timeQueries(engine, database, params, { runs, phase: "settled" });
+  const settled = await timeCases(engine, database, list, { ...timing, phase: "settled" });
 
   const optimizeStarted = performance.now();
   for (const table of ["http_log", ...TOTALS_VIEWS]) {
@@ -239,30 +295,96 @@ async function benchOne(
     progress(`${engine.label}: optimized ${table}`);
   }
   const optimizeSeconds = (performance.now() - optimizeStarted) / 1000;
-  const optimized = await timeQueries(engine, database, params, { runs, phase: "optimized" });
+  const optimized = await timeCases(engine, database, list, { ...timing, phase: "optimized" });
 
   return {
     engine: engine.label,
     size,
+    days: options.days,
+    keys,
     load_seconds: tenths(loadSeconds),
     settle_seconds: tenths(settleSeconds),
     optimize_final_seconds: tenths(optimizeSeconds),
-    parts_settled: Object.fromEntries(
-      Object.entries(settledTables).map(([table, size]) => [table, size.parts]),
-    ),
-    queries_settled: settled,
-    queries_optimized: optimized,
+    tables_settled: settledTables,
     tables_optimized: await tableSizes(engine, database),
+    queries: [...settled, ...optimized],
   };
 }
 
-async function hardware() {
-  const cpuinfo = await Deno.readTextFile("/proc/cpuinfo").catch(() => "");
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+/** A private modern server (stack/chdb_server.py) on a temp dir, stopped with SIGTERM. */
+async function startModernServer(): Promise<{ url: string; stop(): Promise<void> }> {
+  const dir = await Deno.makeTempDir({ prefix: "bench_modern_" });
+  const port = freePort();
+  const child = new Deno.Command("python3", {
+    args: [new URL("../stack/chdb_server.py", import.meta.url).pathname, dir, String(port)],
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let seen = "";
+  while (!seen.includes("ready on")) {
+    const { value, done } = await lines.read();
+    if (done) {
+      throw new AnonymizerError(
+        `Cannot start the modern server as stack/chdb_server.py exited: output was ${
+          JSON.stringify(seen)
+        }`,
+        { code: "bench_server_failed" },
+      );
+    }
+    seen += value;
+  }
   return {
-    cpu: /model name\s*:\s*(.*)/.exec(cpuinfo)?.[1] ?? "unknown",
-    cores: navigator.hardwareConcurrency,
-    memory_gib: Math.round(Deno.systemMemoryInfo().total / 2 ** 30),
+    url: `http://127.0.0.1:${port}`,
+    stop: async () => {
+      child.kill("SIGTERM");
+      while (!(await lines.read()).done);
+      await child.status;
+      await Deno.remove(dir, { recursive: true });
+    },
   };
+}
+
+async function openEngine(kind: string): Promise<{ engine: Engine; close(): Promise<void> }> {
+  if (kind === "18.16") {
+    const engine = await openHttpEngine(
+      Deno.env.get("BENCH_CLICKHOUSE_URL") ?? "http://127.0.0.1:8123",
+    );
+    return { engine, close: () => engine.close() };
+  }
+  if (kind === "modern") {
+    const server = await startModernServer();
+    const engine = await openHttpEngine(server.url);
+    return {
+      engine: { ...engine, label: `${engine.label} (chDB server over HTTP)` },
+      close: async () => {
+        await engine.close();
+        await server.stop();
+      },
+    };
+  }
+  if (kind === "chdb") {
+    const dir = await Deno.makeTempDir({ prefix: "chdb_" });
+    const engine = await openChdbEngine(dir);
+    return {
+      engine: { ...engine, label: `${engine.label} (in-process)` },
+      close: async () => {
+        await engine.close();
+        await Deno.remove(dir, { recursive: true });
+      },
+    };
+  }
+  throw new AnonymizerError(
+    `Cannot bench as the engine must be 18.16, modern or chdb: current value is "${kind}"`,
+    { code: "config_invalid" },
+  );
 }
 
 async function main(): Promise<void> {
@@ -270,48 +392,58 @@ async function main(): Promise<void> {
     args: Deno.args,
     options: {
       sizes: { type: "string", default: "1000000" },
-      engines: { type: "string", default: "clickhouse,chdb" },
+      engines: { type: "string", default: "18.16,modern" },
       runs: { type: "string", default: "5" },
       chunk: { type: "string", default: "1000000" },
+      days: { type: "string", default: "1" },
+      ranges: { type: "string", default: "1h,1d,7d,30d" },
+      concurrency: { type: "string", default: "1,8" },
     },
   });
-  const sizes = values.sizes.split(",").map(Number);
-  const options = {
+  const ranges = values.ranges.split(",");
+  for (const range of ranges) {
+    if (!(range in RANGES)) {
+      throw new AnonymizerError(
+        `Cannot bench as each range must be one of ${
+          Object.keys(RANGES).join(", ")
+        }: current value is "${range}"`,
+        { code: "config_invalid" },
+      );
+    }
+  }
+  const options: BenchOptions = {
     database: Deno.env.get("BENCH_DATABASE") ?? "anonymizer_bench",
     runs: Number(values.runs),
     chunk: Number(values.chunk),
+    days: Number(values.days),
+    ranges,
+    concurrency: values.concurrency.split(",").map(Number),
   };
-  const results = [];
+  const sizes = values.sizes.split(",").map(Number);
+  const started = new Date();
+  const results: unknown[] = [];
+  const report = {
+    runs: options.runs,
+    days: options.days,
+    ranges,
+    concurrency: options.concurrency,
+    results,
+  };
   for (const kind of values.engines.split(",")) {
-    let engine: Engine;
-    let chdbDir: string | undefined;
-    if (kind === "clickhouse") {
-      engine = await openHttpEngine(
-        Deno.env.get("BENCH_CLICKHOUSE_URL") ?? "http://127.0.0.1:8123",
-      );
-    } else if (kind === "chdb") {
-      chdbDir = Deno.env.get("BENCH_CHDB_DIR") ?? await Deno.makeTempDir({ prefix: "chdb_" });
-      engine = await openChdbEngine(chdbDir);
-    } else {
-      throw new AnonymizerError(
-        `Cannot bench as the engine is unknown: current value is "${kind}"`,
-        {
-          code: "config_invalid",
-        },
-      );
-    }
+    const { engine, close } = await openEngine(kind);
     try {
-      for (const size of sizes) results.push(await benchOne(engine, size, options));
+      for (const size of sizes) {
+        results.push(await benchOne(engine, size, options));
+        // Rewritten after each size, so a long run that fails late keeps what it measured.
+        const file = await recordResults("queries", report, { date: started });
+        progress(`recorded ${file.pathname}`);
+      }
       await engine.run(`DROP DATABASE IF EXISTS ${options.database}`);
     } finally {
-      await engine.close();
-      if (chdbDir !== undefined && Deno.env.get("BENCH_CHDB_DIR") === undefined) {
-        await Deno.remove(chdbDir, { recursive: true });
-      }
+      await close();
     }
   }
-  const report = { bench: "queries", hardware: await hardware(), runs: options.runs, results };
-  Deno.stdout.writeSync(encoder.encode(JSON.stringify(report) + "\n"));
+  Deno.stdout.writeSync(encoder.encode(JSON.stringify({ bench: "queries", ...report }) + "\n"));
 }
 
 if (import.meta.main) await main();

@@ -5,7 +5,8 @@
  *
  * Usage: deno task bench:wire [--requests N] [--seed S]
  *
- * Progress goes to stderr; the last stdout line is the JSON report. `encode_ms`
+ * Progress goes to stderr; the last stdout line is the JSON report, also recorded in
+ * bench/results/ (bench/_results.ts). `encode_ms`
  * is the CPU time (user + system) of one packBatch() call, the figure the CPU
  * budget counts; `encode_wall_ms` is its wall time.
  *
@@ -16,6 +17,7 @@ import process from "node:process";
 import { parseArgs } from "node:util";
 import { packBatch } from "../lib/pack_batch.ts";
 import { stockRows } from "../tests/_stock_rows.ts";
+import { recordResults } from "./_results.ts";
 
 const BODY_LIMIT = 1_048_576;
 /** Untimed packs first, so the JIT has compiled the hot loops. */
@@ -70,6 +72,6 @@ for (const serverVersion of ["18.16.1", "24.8.1.2684"]) {
     encode_wall_ms: Number((wallTotal / requests).toFixed(1)),
   });
 }
-Deno.stdout.writeSync(encoder.encode(
-  JSON.stringify({ bench: "wire", seed, body_limit: BODY_LIMIT, results }) + "\n",
-));
+const report = { seed, body_limit: BODY_LIMIT, results };
+await recordResults("wire", report);
+Deno.stdout.writeSync(encoder.encode(JSON.stringify({ bench: "wire", ...report }) + "\n"));

@@ -8,6 +8,18 @@
 import { AnonymizerError } from "./errors.ts";
 import type { HttpLogRecord } from "./types.ts";
 import { CACHE_STATUSES } from "./_vocabulary.ts";
+import {
+  EXTENSIONS,
+  METHODS,
+  PATH_WORDS,
+  RESOURCE_ID_MIN,
+  RESOURCE_ID_SPAN,
+  SEGMENT_ALPHABET,
+  SEGMENT_MIN,
+  SEGMENT_SKEW,
+  SEGMENT_SPAN,
+  STATUSES,
+} from "./_stock_distribution.ts";
 
 /** Options of {@linkcode syntheticRecords}. */
 export interface SyntheticRecordsOptions {
@@ -29,73 +41,6 @@ export interface SyntheticRecordsOptions {
 }
 
 const HOUR_MS = 3_600_000;
-const RESOURCE_ID_MIN = 100_000_000;
-const RESOURCE_ID_SPAN = 900_000_000;
-const STATUSES = [200, 301, 400, 403, 404, 500, 502, 504] as const;
-const METHODS = ["GET", "HEAD"] as const;
-const PATH_WORDS = [
-  "static",
-  "images",
-  "assets",
-  "media",
-  "video",
-  "audio",
-  "css",
-  "js",
-  "fonts",
-  "api",
-  "v1",
-  "v2",
-  "users",
-  "profile",
-  "download",
-  "files",
-  "content",
-  "thumbnails",
-  "products",
-  "catalog",
-  "blog",
-  "posts",
-  "news",
-  "live",
-  "stream",
-  "hls",
-  "public",
-  "uploads",
-  "gallery",
-  "photos",
-  "icons",
-  "en",
-  "de",
-  "2024",
-] as const;
-/** Half of the URLs get no extension: "" is drawn as often as all others together. */
-const EXTENSIONS = [
-  ".jpg",
-  ".png",
-  ".webp",
-  ".gif",
-  ".svg",
-  ".css",
-  ".js",
-  ".json",
-  ".html",
-  ".mp4",
-  ".m3u8",
-  ".ts",
-  ".woff2",
-  ".pdf",
-  ".zip",
-] as const;
-const SEGMENT_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789";
-const SEGMENT_MIN = 4;
-const SEGMENT_SPAN = 147;
-/**
- * Skews the random segment towards short ones: its length is
- * 4 + ⌊147·u^2.5⌋, mean ≈ 45, which with the path words and extension makes
- * the URL about 70 characters on average, like the stock producer's.
- */
-const SEGMENT_SKEW = 2.5;
 
 /**
  * Returns an endless iterator of pseudo-random records: the same options give

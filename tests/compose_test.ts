@@ -474,7 +474,13 @@ Deno.test({
       from,
       to: now,
       intervalS: 60,
-      vars: { database, remote_addr: "10.1.2.X", resource_id: "4242" },
+      vars: {
+        database,
+        remote_addr: "10.1.2.X",
+        resource_id: "4242",
+        response_status: "",
+        cache_status: "",
+      },
     };
     const panels = new Map(
       (await readDashboard()).panels.filter(isClickHouse).map((p) => [queryFileOf(p), p]),
@@ -547,7 +553,19 @@ Deno.test({
       await t.step("resource day for the $resource_id variable", async () => {
         assert.equal(total(await query("resource_day"), "total_requests"), 3);
       });
+      await t.step("combination totals for the chosen variables, empty meaning any", async () => {
+        const count = async (vars: Record<string, string>) =>
+          total(await query("combination_totals", vars), "total_requests");
+        assert.equal(await count({ remote_addr: "", resource_id: "" }), 4);
+        assert.equal(await count({ remote_addr: "", cache_status: "HIT" }), 2);
+        assert.equal(await count({ response_status: "200", cache_status: "HIT" }), 1);
+        assert.equal(await count({ resource_id: "", response_status: "200" }), 2);
+      });
       await t.step("a $resource_id that is not a number is an error, not SQL", async () => {
+        await assert.rejects(
+          query("combination_totals", { resource_id: "1) OR (1", cache_status: "HIT" }),
+          /Cannot parse/,
+        );
         await assert.rejects(query("resource_day", { resource_id: "1) OR (1" }), /Cannot parse/);
       });
     } finally {

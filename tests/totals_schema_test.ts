@@ -123,23 +123,42 @@ async function assertDashboards(engine: Engine, database: string, copies: number
 
   const resource = await dashboard(engine, database, "resource_day", {
     ...range,
-    resource_id: 100_000_002n,
+    resource_id: "100000002",
   });
   assert.deepEqual(resource.map((row) => row.slice(1)), [
     [String(copies), String(copies * 8000), "80"],
     [String(copies), String(copies * 16000), "160"],
   ]);
 
-  const combination = await dashboard(engine, database, "any_combination", {
-    ...range,
-    resource_id: 100_000_001n,
-    remote_addr: "10.1.2.X",
-    response_status: 200,
-    cache_status: "HIT",
-  });
-  assert.deepEqual(combination.map((row) => row.slice(1)), [
-    [String(copies * 2), String(copies * 3000)],
-  ]);
+  // Every subset of the four dimensions, looked up with the values of the first row.
+  const first = ROWS[0]!;
+  const dimensions = [
+    {
+      param: "resource_id",
+      value: String(first.resourceId),
+      matches: (r: LogRow) => r.resourceId === first.resourceId,
+    },
+    { param: "remote_addr", value: first.addr, matches: (r: LogRow) => r.addr === first.addr },
+    {
+      param: "response_status",
+      value: String(first.status),
+      matches: (r: LogRow) => r.status === first.status,
+    },
+    { param: "cache_status", value: first.cache, matches: (r: LogRow) => r.cache === first.cache },
+  ];
+  for (let mask = 0; mask < 16; mask++) {
+    const chosen = dimensions.filter((_, i) => (mask & (1 << i)) !== 0);
+    const params: Record<string, ParamValue> = { ...range };
+    for (const d of dimensions) params[d.param] = chosen.includes(d) ? d.value : "";
+    const rows = await dashboard(engine, database, "combination_totals", params);
+    const expected = ROWS.filter((r) => chosen.every((d) => d.matches(r)));
+    const label = chosen.map((d) => d.param).join("+") || "none";
+    assert.deepEqual(
+      [total(rows, 1), total(rows, 2)],
+      [copies * expected.length, copies * expected.reduce((sum, r) => sum + r.bytesSent, 0)],
+      label,
+    );
+  }
 }
 
 async function checkEngine(t: Deno.TestContext, engine: Engine, database: string) {
