@@ -23,11 +23,12 @@ USER deno
 COPY --chown=deno:deno deno.json deno.lock* ./
 COPY --chown=deno:deno main.ts mod.ts ./
 COPY --chown=deno:deno lib/ lib/
+COPY --chown=deno:deno tools/ tools/
 COPY --chown=deno:deno schema/ schema/
 # main.ts loads each subcommand with a dynamic import: name them all so every
 # npm package is cached now and --cached-only can hold at run time.
-RUN deno install --entrypoint main.ts lib/run_command.ts lib/produce_command.ts \
-    lib/migrate_command.ts lib/demo_command.ts
+RUN deno install --entrypoint main.ts lib/cli/run_command.ts tools/produce_command.ts \
+    lib/cli/migrate_command.ts tools/demo_command.ts
 
 # A named volume mounted here starts with this folder's owner, so deno can write.
 VOLUME ["/var/lib/anonymizer"]

@@ -16,19 +16,19 @@ interface Command {
 const COMMANDS: Record<string, Command> = {
   run: {
     summary: "consume http_log from Kafka and store it in ClickHouse (the service)",
-    load: () => import("./lib/run_command.ts"),
+    load: () => import("./lib/cli/run_command.ts"),
   },
   produce: {
     summary: "write synthetic HttpLogRecord messages to Kafka",
-    load: () => import("./lib/produce_command.ts"),
+    load: () => import("./tools/produce_command.ts"),
   },
   migrate: {
     summary: "create the ClickHouse database, tables and views",
-    load: () => import("./lib/migrate_command.ts"),
+    load: () => import("./lib/cli/migrate_command.ts"),
   },
   demo: {
     summary: "migrate, produce and run the service, showing live progress",
-    load: () => import("./lib/demo_command.ts"),
+    load: () => import("./tools/demo_command.ts"),
   },
 };
 

@@ -18,24 +18,20 @@
  * @module
  */
 export * from "./lib/errors.ts";
-export type * from "./lib/types.ts";
-export * from "./lib/kafka_source.ts";
-export * from "./lib/decode.ts";
-export * from "./lib/encode_record.ts";
-export * from "./lib/validate.ts";
-export * from "./lib/anonymize.ts";
-export * from "./lib/message_to_row.ts";
-export * from "./lib/kv_queue.ts";
+export type * from "./lib/record/types.ts";
+export * from "./lib/source/kafka_source.ts";
+export * from "./lib/record/decode.ts";
+export * from "./lib/record/validate.ts";
+export * from "./lib/record/anonymize.ts";
+export * from "./lib/record/message_to_row.ts";
+export * from "./lib/queue/kv_queue.ts";
 export * from "./lib/pacer.ts";
 export * from "./lib/flusher.ts";
-export * from "./lib/pack_batch.ts";
-export * from "./lib/clickhouse_client.ts";
-export * from "./lib/migrate.ts";
+export * from "./lib/sink/clickhouse/pack_batch.ts";
+export * from "./lib/sink/clickhouse/clickhouse_client.ts";
+export * from "./lib/sink/clickhouse/migrate.ts";
 export * from "./lib/config.ts";
 export * from "./lib/service.ts";
 export * from "./lib/metrics.ts";
 export * from "./lib/observability_server.ts";
 export * from "./lib/logging.ts";
-export * from "./lib/dashboard_query.ts";
-export * from "./lib/produce.ts";
-export * from "./lib/synthetic_records.ts";

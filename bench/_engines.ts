@@ -5,7 +5,7 @@
  * @module
  */
 import { AnonymizerError } from "../lib/errors.ts";
-import { isModern, type SqlRunner } from "../lib/migrate.ts";
+import { isModern, type SqlRunner } from "../lib/sink/clickhouse/migrate.ts";
 
 /** One ClickHouse engine the bench and tests run SQL on. */
 export interface Engine {
@@ -133,7 +133,7 @@ export async function openChdbEngine(
  * @example Needs a server
  * ```ts ignore
  * import { openHttpEngine, sqlRunner } from "./_engines.ts";
- * import { migrate } from "../lib/migrate.ts";
+ * import { migrate } from "../lib/sink/clickhouse/migrate.ts";
  *
  * const engine = await openHttpEngine("http://127.0.0.1:8123");
  * await migrate(sqlRunner(engine), { database: "scratch" });

@@ -7,8 +7,8 @@
  * @module
  */
 import process from "node:process";
-import { delay, type ServiceProcess, spawnService, type World } from "../tests/_pipeline.ts";
-import { withKafkaAdmin } from "../tests/_stack.ts";
+import { delay, type ServiceProcess, spawnService, type World } from "../testing/pipeline.ts";
+import { withKafkaAdmin } from "../testing/stack.ts";
 
 const ROOT = new URL("..", import.meta.url);
 const encoder = new TextEncoder();
@@ -36,7 +36,7 @@ export interface JsonService extends ServiceProcess {
 }
 
 /**
- * Starts the service with `spawnService()` of tests/_pipeline.ts (the
+ * Starts the service with `spawnService()` of testing/pipeline.ts (the
  * world's settings plus `overrides`, /metrics on a free port, any extra
  * `denoFlags` such as `--v8-flags=...`) with LOG_FORMAT=json; each parsed log
  * line is passed to `onRecord`. Its log is `<world.dir>/<name>.log`.

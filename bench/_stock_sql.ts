@@ -1,6 +1,6 @@
 /**
  * Server-side generation of stock rows: one `INSERT … SELECT … FROM numbers(n)` draws rows from
- * the same distributions as lib/synthetic_records.ts (lib/_stock_distribution.ts), so a bench can
+ * the same distributions as tools/synthetic_records.ts (tools/stock_distribution.ts), so a bench can
  * load 100M rows without shipping them over HTTP. tests/stock_sql_test.ts checks that its bytes
  * per row on disk match the TypeScript generator's within 5% on each server.
  *
@@ -17,8 +17,8 @@ import {
   SEGMENT_SKEW,
   SEGMENT_SPAN,
   STATUSES,
-} from "../lib/_stock_distribution.ts";
-import { CACHE_STATUSES } from "../lib/_vocabulary.ts";
+} from "../tools/stock_distribution.ts";
+import { CACHE_STATUSES } from "../lib/record/vocabulary.ts";
 
 /** Options of {@linkcode stockInsertSql}. */
 export interface StockInsertOptions {

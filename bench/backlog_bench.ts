@@ -39,10 +39,10 @@
  */
 import { parseArgs } from "node:util";
 import { recordResults } from "./_results.ts";
-import { produce } from "../lib/produce.ts";
-import { syntheticRecords } from "../lib/synthetic_records.ts";
-import { createWorld, delay } from "../tests/_pipeline.ts";
-import { CLICKHOUSE_URL, clickhouseQuery, KAFKA_BROKERS } from "../tests/_stack.ts";
+import { produce } from "../tools/produce.ts";
+import { syntheticRecords } from "../tools/synthetic_records.ts";
+import { createWorld, delay } from "../testing/pipeline.ts";
+import { CLICKHOUSE_URL, clickhouseQuery, KAFKA_BROKERS } from "../testing/stack.ts";
 import {
   closeWorld,
   codeVersion,

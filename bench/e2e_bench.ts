@@ -13,7 +13,7 @@
  * `--service-flags=--v8-flags=--max-old-space-size=96`; the report echoes them.
  *
  * 1. Fresh topic (3 partitions), database and private stock proxy
- *    (tests/_pipeline.ts createWorld). The service runs with its defaults for
+ *    (testing/pipeline.ts createWorld). The service runs with its defaults for
  *    pacing (CLICKHOUSE_SPACING_MS 62500, CLICKHOUSE_MARGIN_MS 750).
  * 2. The producer sends the stock distribution at `--rate` msg/s with
  *    distinct resource ids; the Kafka acknowledgement time of each produce
@@ -51,15 +51,15 @@
  */
 import { parseArgs } from "node:util";
 import { recordResults } from "./_results.ts";
-import { produce, type ProduceSummary } from "../lib/produce.ts";
-import { syntheticRecords } from "../lib/synthetic_records.ts";
-import { createWorld, delay, spacingFor } from "../tests/_pipeline.ts";
+import { produce, type ProduceSummary } from "../tools/produce.ts";
+import { syntheticRecords } from "../tools/synthetic_records.ts";
+import { createWorld, delay, spacingFor } from "../testing/pipeline.ts";
 import {
   type AccessLogEntry,
   clickhouseQuery,
   KAFKA_BROKERS,
   startProxy,
-} from "../tests/_stack.ts";
+} from "../testing/stack.ts";
 import {
   closeWorld,
   codeVersion,

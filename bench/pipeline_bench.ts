@@ -26,12 +26,12 @@
  */
 
 import process from "node:process";
-import { encodeRecord } from "../lib/encode_record.ts";
-import { type KvQueue, openQueue, type QueueEntry } from "../lib/kv_queue.ts";
-import { messageToRow } from "../lib/message_to_row.ts";
-import { packBatch } from "../lib/pack_batch.ts";
-import { syntheticRecords } from "../lib/synthetic_records.ts";
-import type { HttpLogRow } from "../lib/types.ts";
+import { encodeRecord } from "../tools/encode_record.ts";
+import { type KvQueue, openQueue, type QueueEntry } from "../lib/queue/kv_queue.ts";
+import { messageToRow } from "../lib/record/message_to_row.ts";
+import { packBatch } from "../lib/sink/clickhouse/pack_batch.ts";
+import { syntheticRecords } from "../tools/synthetic_records.ts";
+import type { HttpLogRow } from "../lib/record/types.ts";
 
 const KAFKA_BATCH = Number(Deno.env.get("PIPELINE_BENCH_BATCH") ?? 200);
 const PARTITIONS = 3;

@@ -1,5 +1,5 @@
 /**
- * Packs the stock distribution (lib/synthetic_records.ts, seeded) into
+ * Packs the stock distribution (tools/synthetic_records.ts, seeded) into
  * default-limit request bodies with the default encoding of ClickHouse 18.16
  * and of a modern server, and reports rows per request and packing cost.
  *
@@ -15,8 +15,8 @@
 
 import process from "node:process";
 import { parseArgs } from "node:util";
-import { packBatch } from "../lib/pack_batch.ts";
-import { stockRows } from "../tests/_stock_rows.ts";
+import { packBatch } from "../lib/sink/clickhouse/pack_batch.ts";
+import { stockRows } from "../testing/stock_rows.ts";
 import { recordResults } from "./_results.ts";
 
 const BODY_LIMIT = 1_048_576;

@@ -6,7 +6,7 @@
  * @module
  */
 import { ClickHouseError } from "./errors.ts";
-import type { KvQueue } from "./kv_queue.ts";
+import type { KvQueue } from "./queue/kv_queue.ts";
 
 /** The result of {@linkcode pacedRequest}. */
 export type PacedResult<T> =

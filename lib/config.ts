@@ -7,8 +7,8 @@
  */
 import { parseArgs } from "node:util";
 import { ConfigError } from "./errors.ts";
-import type { OffsetReset } from "./kafka_source.ts";
-import type { WireEncoding } from "./pack_batch.ts";
+import type { OffsetReset } from "./source/kafka_source.ts";
+import type { WireEncoding } from "./sink/clickhouse/pack_batch.ts";
 
 /** The validated configuration of `anonymizer run`. */
 export interface Config {

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { shownValue } from "./_redact.ts";
+import { shownValue } from "./redact.ts";
 
 /** Options accepted by every anonymizer error constructor. */
 export interface AnonymizerErrorOptions {

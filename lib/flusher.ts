@@ -11,14 +11,18 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import type { ClickHouseClient } from "./clickhouse_client.ts";
+import type { ClickHouseClient } from "./sink/clickhouse/clickhouse_client.ts";
 import { ClickHouseError } from "./errors.ts";
-import type { BatchMeta, KvQueue, PackResult } from "./kv_queue.ts";
+import type { BatchMeta, KvQueue, PackResult } from "./queue/kv_queue.ts";
 import { nextSlotAt } from "./pacer.ts";
-import { type ServerProfile, serverProfile, UnsupportedServerError } from "./server_version.ts";
-import { type DedupStrategy, insertSettings } from "./_insert_settings.ts";
+import {
+  type ServerProfile,
+  serverProfile,
+  UnsupportedServerError,
+} from "./sink/clickhouse/server_version.ts";
+import { type DedupStrategy, insertSettings } from "./sink/clickhouse/_insert_settings.ts";
 import { pacedRequest } from "./_paced_request.ts";
-import type { HttpLogRow } from "./types.ts";
+import type { HttpLogRow } from "./record/types.ts";
 
 const log = getLogger(["anonymizer", "flusher"]);
 
@@ -210,8 +214,8 @@ export interface FlusherOptions {
  * @example Start, then stop with a grace period
  * ```ts
  * import { Flusher } from "./flusher.ts";
- * import { openQueue } from "./kv_queue.ts";
- * import { ClickHouseClient } from "./clickhouse_client.ts";
+ * import { openQueue } from "./queue/kv_queue.ts";
+ * import { ClickHouseClient } from "./sink/clickhouse/clickhouse_client.ts";
  * import assert from "node:assert/strict";
  *
  * const dir = await Deno.makeTempDir();

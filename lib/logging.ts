@@ -11,7 +11,7 @@ import {
   getTextFormatter,
   type LogRecord,
 } from "@logtape/logtape";
-import { secretScrubber } from "./_redact.ts";
+import { secretScrubber } from "./redact.ts";
 
 /** Options of {@linkcode configureLogging}. */
 export interface LoggingOptions {

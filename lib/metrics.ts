@@ -7,8 +7,8 @@
  */
 import { Counter, Gauge, Histogram, Registry } from "./_prometheus.ts";
 import type { FlushEvent, Landing, SystemicFailure } from "./flusher.ts";
-import type { KvQueue } from "./kv_queue.ts";
-import type { SourceBatchEvent } from "./kafka_source.ts";
+import type { KvQueue } from "./queue/kv_queue.ts";
+import type { SourceBatchEvent } from "./source/kafka_source.ts";
 
 /** Live values read at scrape time. */
 export interface MetricsSources {
@@ -63,7 +63,7 @@ function outcomeLabel(e: FlushEvent): string {
  * @example
  * ```ts
  * import { createMetrics } from "./metrics.ts";
- * import { openQueue } from "./kv_queue.ts";
+ * import { openQueue } from "./queue/kv_queue.ts";
  * import assert from "node:assert/strict";
  *
  * const dir = await Deno.makeTempDir();

@@ -7,18 +7,18 @@
 import { dirname, resolve } from "node:path";
 import { getLogger } from "@logtape/logtape";
 import { type Config, secretValues } from "./config.ts";
-import { ClickHouseClient } from "./clickhouse_client.ts";
+import { ClickHouseClient } from "./sink/clickhouse/clickhouse_client.ts";
 import { Flusher, type FlusherStatus, type FlushEvent, type Packer } from "./flusher.ts";
-import { KafkaSource, type SourceStatus } from "./kafka_source.ts";
-import { type KvQueue, openQueue } from "./kv_queue.ts";
-import { messageToRow } from "./message_to_row.ts";
+import { KafkaSource, type SourceStatus } from "./source/kafka_source.ts";
+import { type KvQueue, openQueue } from "./queue/kv_queue.ts";
+import { messageToRow } from "./record/message_to_row.ts";
 import { createMetrics, type Metrics } from "./metrics.ts";
 import { serveObservability } from "./observability_server.ts";
-import { packBatch, readableEncoding } from "./pack_batch.ts";
-import { DeadLetterProducer } from "./_dead_letter.ts";
+import { packBatch, readableEncoding } from "./sink/clickhouse/pack_batch.ts";
+import { DeadLetterProducer } from "./source/dead_letters.ts";
 import { AnonymizerError } from "./errors.ts";
-import { lockKvPath } from "./_kv_lock.ts";
-import { secretScrubber } from "./_redact.ts";
+import { lockKvPath } from "./queue/kv_lock.ts";
+import { secretScrubber } from "./redact.ts";
 
 const log = getLogger(["anonymizer", "service"]);
 

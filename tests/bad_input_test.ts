@@ -5,11 +5,11 @@
  * documented code, and never both, never neither.
  */
 import assert from "node:assert/strict";
-import { messageToRow } from "../lib/message_to_row.ts";
+import { messageToRow } from "../lib/record/message_to_row.ts";
 import { startService } from "../lib/service.ts";
-import { syntheticRecords } from "../lib/synthetic_records.ts";
-import { createWorld, storedCount, worldConfig } from "./_pipeline.ts";
-import { topicMessageCount } from "./_stack.ts";
+import { syntheticRecords } from "../tools/synthetic_records.ts";
+import { createWorld, storedCount, worldConfig } from "../testing/pipeline.ts";
+import { topicMessageCount } from "../testing/stack.ts";
 import {
   BUILDERS,
   goodMessages,
@@ -17,7 +17,7 @@ import {
   malformedMessages,
   type StoredForm,
   type TestMessage,
-} from "./_malformed.ts";
+} from "../testing/malformed.ts";
 import {
   assertStoredExactly,
   type Produced,
@@ -27,7 +27,7 @@ import {
   report,
   storedRows,
   waitUntil,
-} from "./_bad_input.ts";
+} from "../testing/bad_input.ts";
 
 const GOOD = 10_000;
 const KINDS = Object.keys(BUILDERS);

@@ -5,10 +5,10 @@
  */
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { decodeRecord } from "../lib/decode.ts";
-import { encodeRecord } from "../lib/encode_record.ts";
+import { decodeRecord } from "../lib/record/decode.ts";
+import { encodeRecord } from "../tools/encode_record.ts";
 import { DecodeError } from "../lib/errors.ts";
-import type { HttpLogRecord } from "../lib/types.ts";
+import type { HttpLogRecord } from "../lib/record/types.ts";
 
 const SCHEMA = fileURLToPath(new URL("../schema/http_log.capnp", import.meta.url));
 const UINT64_MAX = (1n << 64n) - 1n;

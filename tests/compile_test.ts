@@ -14,8 +14,8 @@ import {
   produceRecords,
   storedCount,
   waitForRows,
-} from "./_pipeline.ts";
-import { CLICKHOUSE_URL, clickhouseQuery, uniqueName } from "./_stack.ts";
+} from "../testing/pipeline.ts";
+import { CLICKHOUSE_URL, clickhouseQuery, uniqueName } from "../testing/stack.ts";
 
 const ROOT = new URL("..", import.meta.url);
 const BINARY = new URL("dist/anonymizer", ROOT).pathname;

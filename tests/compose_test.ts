@@ -6,11 +6,11 @@
  * schema/queries/*.sql and which must run on ClickHouse.
  */
 import assert from "node:assert/strict";
-import { ClickHouseClient } from "../lib/clickhouse_client.ts";
+import { ClickHouseClient } from "../lib/sink/clickhouse/clickhouse_client.ts";
 import { loadConfig, SETTINGS } from "../lib/config.ts";
-import { migrate } from "../lib/migrate.ts";
+import { migrate } from "../lib/sink/clickhouse/migrate.ts";
 import { DASHBOARD_FILE, dashboardText, NOT_ON_DASHBOARD } from "../deploy/grafana/dashboard.ts";
-import { ALL_TARGETS, CLICKHOUSE_URL, clickhouseQuery, uniqueName } from "./_stack.ts";
+import { ALL_TARGETS, CLICKHOUSE_URL, clickhouseQuery, uniqueName } from "../testing/stack.ts";
 
 const ROOT = new URL("..", import.meta.url);
 const IN_CI = (Deno.env.get("CI") ?? "") !== "";

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { loadConfig, SETTINGS } from "../lib/config.ts";
-import { runCli } from "./_cli.ts";
+import { runCli } from "../testing/cli.ts";
 
 /** One value per setting that its parser must refuse. */
 const BAD_VALUES: Readonly<Record<string, string>> = {

@@ -6,8 +6,8 @@
 import assert from "node:assert/strict";
 import { configure, type LogRecord, reset } from "@logtape/logtape";
 import { startService } from "../lib/service.ts";
-import { startFaultProxy } from "./_fault_proxy.ts";
-import { CLICKHOUSE_URL } from "./_stack.ts";
+import { startFaultProxy } from "../testing/fault_proxy.ts";
+import { CLICKHOUSE_URL } from "../testing/stack.ts";
 import {
   assertExactlyOnce,
   createWorld,
@@ -15,7 +15,7 @@ import {
   produceRecords,
   waitForRows,
   worldConfig,
-} from "./_pipeline.ts";
+} from "../testing/pipeline.ts";
 
 async function mount(dir: string, size: string, remount = false): Promise<boolean> {
   const args = remount

@@ -7,10 +7,10 @@
  */
 import assert from "node:assert/strict";
 import { ConfigResourceTypes } from "kafkajs";
-import { produce } from "../lib/produce.ts";
-import { readTopic } from "./_bad_input.ts";
-import { spawnService, until, type World } from "./_pipeline.ts";
-import { createTopic, KAFKA_BROKERS, uniqueName, withKafkaAdmin } from "./_stack.ts";
+import { produce } from "../tools/produce.ts";
+import { readTopic } from "../testing/bad_input.ts";
+import { spawnService, until, type World } from "../testing/pipeline.ts";
+import { createTopic, KAFKA_BROKERS, uniqueName, withKafkaAdmin } from "../testing/stack.ts";
 
 const DAY_MS = 86_400_000;
 

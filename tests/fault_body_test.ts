@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { startService } from "../lib/service.ts";
-import { startFaultProxy } from "./_fault_proxy.ts";
+import { startFaultProxy } from "../testing/fault_proxy.ts";
 import {
   assertExactlyOnce,
   createWorld,
@@ -16,9 +16,9 @@ import {
   storedCount,
   until,
   worldConfig,
-} from "./_pipeline.ts";
-import { CLICKHOUSE_TARGETS, freePort, topicMessageCount } from "./_stack.ts";
-import { report } from "./_bad_input.ts";
+} from "../testing/pipeline.ts";
+import { CLICKHOUSE_TARGETS, freePort, topicMessageCount } from "../testing/stack.ts";
+import { report } from "../testing/bad_input.ts";
 
 const RECORDS = 100;
 /**

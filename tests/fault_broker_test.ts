@@ -1,12 +1,12 @@
 /**
  * Fault injection on the real stack: the Kafka broker restarts while records
- * are produced and consumed. A private broker (tests/_kafka_broker.ts) takes
+ * are produced and consumed. A private broker (testing/kafka_broker.ts) takes
  * the restart; the shared one is never touched.
  */
 import assert from "node:assert/strict";
-import type { HttpLogRecord } from "../lib/types.ts";
-import { keepLog, progress, startFeed } from "./_feed.ts";
-import { startKafkaBroker } from "./_kafka_broker.ts";
+import type { HttpLogRecord } from "../lib/record/types.ts";
+import { keepLog, progress, startFeed } from "../testing/feed.ts";
+import { startKafkaBroker } from "../testing/kafka_broker.ts";
 import {
   assertExactlyOnce,
   assertStopsCleanly,
@@ -17,8 +17,8 @@ import {
   spawnService,
   storedCount,
   waitForRows,
-} from "./_pipeline.ts";
-import { topicMessageCount } from "./_stack.ts";
+} from "../testing/pipeline.ts";
+import { topicMessageCount } from "../testing/stack.ts";
 
 Deno.test({
   name: "anonymizer stores every record exactly once across a Kafka broker restart mid-stream",

@@ -11,9 +11,9 @@
  * Replay a run with `FAULT_SEED=<seed printed on stderr>`.
  */
 import assert from "node:assert/strict";
-import { openQueue } from "../lib/kv_queue.ts";
-import { startDelayProxy } from "./_delay_proxy.ts";
-import { evictGroupMembers } from "./_kafka_group.ts";
+import { openQueue } from "../lib/queue/kv_queue.ts";
+import { startDelayProxy } from "../testing/delay_proxy.ts";
+import { evictGroupMembers } from "../testing/kafka_group.ts";
 import {
   assertExactlyOnce,
   createWorld,
@@ -22,13 +22,13 @@ import {
   spawnService,
   storedCount,
   waitForRows,
-} from "./_pipeline.ts";
-import { openRecordFeed } from "./_record_feed.ts";
-import { faultSeed, seededRandom } from "./_seeded_random.ts";
-import { assertResentWithToken } from "./_query_log.ts";
-import { CLICKHOUSE_TARGET, clickhouseQuery } from "./_stack.ts";
-import { assertTotalsMatch } from "./_totals.ts";
-import { progress } from "./_progress.ts";
+} from "../testing/pipeline.ts";
+import { openRecordFeed } from "../testing/record_feed.ts";
+import { faultSeed, seededRandom } from "../testing/seeded_random.ts";
+import { assertResentWithToken } from "../testing/query_log.ts";
+import { CLICKHOUSE_TARGET, clickhouseQuery } from "../testing/stack.ts";
+import { assertTotalsMatch } from "../testing/totals.ts";
+import { progress } from "../testing/progress.ts";
 
 const TOTAL = 30_000;
 const KILLS = 12;

@@ -3,7 +3,7 @@
  * The service must keep consuming (queueing in KV), stay within its memory,
  * and store everything exactly once when ClickHouse is back.
  *
- * ClickHouse here is a private server (tests/_clickhouse_server.ts) of the
+ * ClickHouse here is a private server (testing/clickhouse_server.ts) of the
  * run's kind, 18.16 or modern, so that stopping it leaves the shared stack
  * alone: the world's database is migrated into that server and its private
  * ch-proxy forwards to it.
@@ -11,15 +11,15 @@
  * copied there into a scratch database for it.
  */
 import assert from "node:assert/strict";
-import { ClickHouseClient } from "../lib/clickhouse_client.ts";
-import { openQueue } from "../lib/kv_queue.ts";
+import { ClickHouseClient } from "../lib/sink/clickhouse/clickhouse_client.ts";
+import { openQueue } from "../lib/queue/kv_queue.ts";
 import { createMetrics } from "../lib/metrics.ts";
-import { migrate } from "../lib/migrate.ts";
-import { produce, type ProduceSummary } from "../lib/produce.ts";
-import { syntheticRecords } from "../lib/synthetic_records.ts";
-import type { HttpLogRecord } from "../lib/types.ts";
-import { type ClickHouseServer, startClickHouseServer } from "./_clickhouse_server.ts";
-import { progress } from "./_feed.ts";
+import { migrate } from "../lib/sink/clickhouse/migrate.ts";
+import { produce, type ProduceSummary } from "../tools/produce.ts";
+import { syntheticRecords } from "../tools/synthetic_records.ts";
+import type { HttpLogRecord } from "../lib/record/types.ts";
+import { type ClickHouseServer, startClickHouseServer } from "../testing/clickhouse_server.ts";
+import { progress } from "../testing/feed.ts";
 import {
   assertExactlyOnce,
   createWorld,
@@ -27,17 +27,17 @@ import {
   spawnService,
   storedCount,
   waitForRows,
-} from "./_pipeline.ts";
+} from "../testing/pipeline.ts";
 import {
   CLICKHOUSE_URL,
   clickhouseQuery,
   KAFKA_BROKERS,
   kafkaClient,
   uniqueName,
-} from "./_stack.ts";
-import { assertInsertsCarriedTokens } from "./_query_log.ts";
-import { assertTotalsMatch } from "./_totals.ts";
-import { stockRows } from "./_stock_rows.ts";
+} from "../testing/stack.ts";
+import { assertInsertsCarriedTokens } from "../testing/query_log.ts";
+import { assertTotalsMatch } from "../testing/totals.ts";
+import { stockRows } from "../testing/stock_rows.ts";
 
 /** How long ClickHouse stays down once it has exited, ms. */
 const OUTAGE_MS = 200_000;

@@ -10,8 +10,8 @@
 import assert from "node:assert/strict";
 import type { FlushEvent } from "../lib/flusher.ts";
 import { type Service, startService } from "../lib/service.ts";
-import type { HttpLogRecord } from "../lib/types.ts";
-import { startFaultProxy } from "./_fault_proxy.ts";
+import type { HttpLogRecord } from "../lib/record/types.ts";
+import { startFaultProxy } from "../testing/fault_proxy.ts";
 import {
   assertExactlyOnce,
   createWorld,
@@ -20,9 +20,9 @@ import {
   storedCount,
   waitForRows,
   worldConfig,
-} from "./_pipeline.ts";
-import { assertResentWithToken, TOKEN_PATH } from "./_query_log.ts";
-import { CLICKHOUSE_URL, clickhouseQuery } from "./_stack.ts";
+} from "../testing/pipeline.ts";
+import { assertResentWithToken, TOKEN_PATH } from "../testing/query_log.ts";
+import { CLICKHOUSE_URL, clickhouseQuery } from "../testing/stack.ts";
 
 type Event = FlushEvent & { at: number };
 

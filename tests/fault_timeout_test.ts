@@ -11,8 +11,8 @@
 import assert from "node:assert/strict";
 import type { FlushEvent } from "../lib/flusher.ts";
 import { startService } from "../lib/service.ts";
-import { type ClickHouseServer, startClickHouseServer } from "./_clickhouse_server.ts";
-import { startFaultProxy } from "./_fault_proxy.ts";
+import { type ClickHouseServer, startClickHouseServer } from "../testing/clickhouse_server.ts";
+import { startFaultProxy } from "../testing/fault_proxy.ts";
 import {
   assertExactlyOnce,
   createWorld,
@@ -20,10 +20,10 @@ import {
   produceRecords,
   waitForRows,
   worldConfig,
-} from "./_pipeline.ts";
-import { assertResentWithToken, TOKEN_PATH } from "./_query_log.ts";
-import { CLICKHOUSE_URL, clickhouseQuery } from "./_stack.ts";
-import { assertTotalsMatch } from "./_totals.ts";
+} from "../testing/pipeline.ts";
+import { assertResentWithToken, TOKEN_PATH } from "../testing/query_log.ts";
+import { CLICKHOUSE_URL, clickhouseQuery } from "../testing/stack.ts";
+import { assertTotalsMatch } from "../testing/totals.ts";
 
 const TIMEOUT_MS = 1_500;
 const DELAY_MS = 4_000;

@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
-import { anonymizeAddress, INVALID_ADDRESS } from "../lib/anonymize.ts";
-import { decodeRecord } from "../lib/decode.ts";
-import { encodeRecord } from "../lib/encode_record.ts";
+import { anonymizeAddress, INVALID_ADDRESS } from "../lib/record/anonymize.ts";
+import { decodeRecord } from "../lib/record/decode.ts";
+import { encodeRecord } from "../tools/encode_record.ts";
 import { DecodeError } from "../lib/errors.ts";
-import type { HttpLogRecord } from "../lib/types.ts";
-import { toRow } from "../lib/validate.ts";
-import { seededRandom } from "./_seeded_random.ts";
+import type { HttpLogRecord } from "../lib/record/types.ts";
+import { toRow } from "../lib/record/validate.ts";
+import { seededRandom } from "../testing/seeded_random.ts";
 
 const NOW = 1_700_000_000_000;
 

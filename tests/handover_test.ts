@@ -1,5 +1,5 @@
 /**
- * The crash-recovery paths of the ownership protocol (lib/_commit_metadata.ts),
+ * The crash-recovery paths of the ownership protocol (lib/source/_commit_metadata.ts),
  * each built deterministically from real parts: real Kafka group offsets, a
  * real KV file and the real service as a child process.
  *
@@ -26,13 +26,13 @@
  * `settlePending()` can settle the rows, within a minute.
  */
 import assert from "node:assert/strict";
-import { formatMetadata, parseMetadata } from "../lib/_commit_metadata.ts";
-import { partitionKey } from "../lib/_keys.ts";
-import { openQueue, type PartitionState, type QueueEntry } from "../lib/kv_queue.ts";
-import { messageToRow } from "../lib/message_to_row.ts";
-import type { HttpLogRecord } from "../lib/types.ts";
-import { keepLog } from "./_feed.ts";
-import { groupOffsets } from "./_kafka_group.ts";
+import { formatMetadata, parseMetadata } from "../lib/source/_commit_metadata.ts";
+import { partitionKey } from "../lib/queue/_keys.ts";
+import { openQueue, type PartitionState, type QueueEntry } from "../lib/queue/kv_queue.ts";
+import { messageToRow } from "../lib/record/message_to_row.ts";
+import type { HttpLogRecord } from "../lib/record/types.ts";
+import { keepLog } from "../testing/feed.ts";
+import { groupOffsets } from "../testing/kafka_group.ts";
 import {
   assertExactlyOnce,
   assertStopsCleanly,
@@ -46,9 +46,9 @@ import {
   storedCount,
   until,
   type World,
-} from "./_pipeline.ts";
-import { progress } from "./_progress.ts";
-import { clickhouseQuery, kafkaClient, withKafkaAdmin } from "./_stack.ts";
+} from "../testing/pipeline.ts";
+import { progress } from "../testing/progress.ts";
+import { clickhouseQuery, kafkaClient, withKafkaAdmin } from "../testing/stack.ts";
 
 /** The partition A left unsettled. */
 const P = 0;

@@ -8,15 +8,15 @@
  */
 import assert from "node:assert/strict";
 import { startService } from "../lib/service.ts";
-import { startKafkaBroker } from "./_kafka_broker.ts";
+import { startKafkaBroker } from "../testing/kafka_broker.ts";
 import {
   assertExactlyOnce,
   createWorld,
   produceRecords,
   waitForRows,
   worldConfig,
-} from "./_pipeline.ts";
-import { kafkaClient, withKafkaAdmin } from "./_stack.ts";
+} from "../testing/pipeline.ts";
+import { kafkaClient, withKafkaAdmin } from "../testing/stack.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const LIBS = `${Deno.env.get("STACK_DIR") ?? `${ROOT}.stack`}/kafka4/libs`;

@@ -2,11 +2,11 @@
  * Kafka down at start-up: the service keeps retrying with capped backoff,
  * answers not ready on /readyz, logs one line per try naming KAFKA_BROKERS,
  * and once the broker starts it joins and stores every record exactly once.
- * A private broker (tests/_kafka_broker.ts) is stopped before the service
+ * A private broker (testing/kafka_broker.ts) is stopped before the service
  * starts; the shared one is never touched.
  */
 import assert from "node:assert/strict";
-import { startKafkaBroker } from "./_kafka_broker.ts";
+import { startKafkaBroker } from "../testing/kafka_broker.ts";
 import {
   assertStopsCleanly,
   createWorld,
@@ -14,8 +14,8 @@ import {
   produceRecords,
   spawnService,
   waitForRows,
-} from "./_pipeline.ts";
-import { CLICKHOUSE_TARGETS, clickhouseQuery } from "./_stack.ts";
+} from "../testing/pipeline.ts";
+import { CLICKHOUSE_TARGETS, clickhouseQuery } from "../testing/stack.ts";
 
 const RETRY_LINE = /Cannot connect the dead-letter producer with Kafka at KAFKA_BROKERS=/g;
 

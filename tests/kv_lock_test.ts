@@ -6,7 +6,7 @@
  * retries and reaches nothing shared.
  */
 import assert from "node:assert/strict";
-import { type ServiceProcess, spawnService, type World } from "./_pipeline.ts";
+import { type ServiceProcess, spawnService, type World } from "../testing/pipeline.ts";
 
 /** Nothing listens on port 1; the service keeps retrying it. */
 const NO_KAFKA = "127.0.0.1:1";

@@ -11,17 +11,23 @@
  * what ClickHouse, the dead-letter topic and the proxy's access log hold.
  */
 import assert from "node:assert/strict";
-import { encodeRecord } from "../lib/encode_record.ts";
-import { syntheticRecords } from "../lib/synthetic_records.ts";
-import { createWorld, type Scrape, scrapeMetrics, spawnService, storedCount } from "./_pipeline.ts";
-import { clickhouseQuery, freePort, topicMessageCount } from "./_stack.ts";
+import { encodeRecord } from "../tools/encode_record.ts";
+import { syntheticRecords } from "../tools/synthetic_records.ts";
+import {
+  createWorld,
+  type Scrape,
+  scrapeMetrics,
+  spawnService,
+  storedCount,
+} from "../testing/pipeline.ts";
+import { clickhouseQuery, freePort, topicMessageCount } from "../testing/stack.ts";
 import {
   BUILDERS,
   goodMessages,
   interleave,
   malformedMessages,
   type TestMessage,
-} from "./_malformed.ts";
+} from "../testing/malformed.ts";
 import {
   groupCaughtUp,
   metricSum,
@@ -29,7 +35,7 @@ import {
   readTopic,
   report,
   waitUntil,
-} from "./_bad_input.ts";
+} from "../testing/bad_input.ts";
 
 const CONSUMED = "anonymizer_records_consumed_total";
 const FLUSHED = "anonymizer_records_flushed_total";

@@ -4,8 +4,14 @@
  */
 import assert from "node:assert/strict";
 import { startService } from "../lib/service.ts";
-import { clickhouseQuery } from "./_stack.ts";
-import { createWorld, delay, produceRecords, waitForRows, worldConfig } from "./_pipeline.ts";
+import { clickhouseQuery } from "../testing/stack.ts";
+import {
+  createWorld,
+  delay,
+  produceRecords,
+  waitForRows,
+  worldConfig,
+} from "../testing/pipeline.ts";
 
 async function storedIds(database: string): Promise<Set<string>> {
   const text = await clickhouseQuery(`SELECT resource_id FROM ${database}.http_log`);

@@ -9,14 +9,14 @@
 import assert from "node:assert/strict";
 import { configure, getTextFormatter, type LogRecord, reset } from "@logtape/logtape";
 import { logLevel } from "kafkajs";
-import { ClickHouseClient } from "../lib/clickhouse_client.ts";
+import { ClickHouseClient } from "../lib/sink/clickhouse/clickhouse_client.ts";
 import { Flusher } from "../lib/flusher.ts";
-import { type KvQueue, openQueue } from "../lib/kv_queue.ts";
+import { type KvQueue, openQueue } from "../lib/queue/kv_queue.ts";
 import { createMetrics } from "../lib/metrics.ts";
-import { packBatch } from "../lib/pack_batch.ts";
-import { kafkaLogCreator } from "../lib/_kafka_log.ts";
-import { until } from "./_pipeline.ts";
-import { stockRows } from "./_stock_rows.ts";
+import { packBatch } from "../lib/sink/clickhouse/pack_batch.ts";
+import { kafkaLogCreator } from "../lib/source/_kafka_log.ts";
+import { until } from "../testing/pipeline.ts";
+import { stockRows } from "../testing/stock_rows.ts";
 
 const ROWS = 50;
 

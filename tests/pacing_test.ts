@@ -5,8 +5,8 @@
  * at every slot. Takes about five minutes.
  */
 import assert from "node:assert/strict";
-import type { HttpLogRecord } from "../lib/types.ts";
-import { keepLog, progress, startFeed } from "./_feed.ts";
+import type { HttpLogRecord } from "../lib/record/types.ts";
+import { keepLog, progress, startFeed } from "../testing/feed.ts";
 import {
   assertExactlyOnce,
   assertStopsCleanly,
@@ -15,8 +15,8 @@ import {
   flushedRows,
   spawnService,
   waitForRows,
-} from "./_pipeline.ts";
-import { type AccessLogEntry, KAFKA_BROKERS } from "./_stack.ts";
+} from "../testing/pipeline.ts";
+import { type AccessLogEntry, KAFKA_BROKERS } from "../testing/stack.ts";
 
 /** nginx's spacing for `rate=1r/m`: 1000 s / floor(1000 / 60) = 62.5 s. */
 const NGINX_SPACING_S = 62.5;

@@ -9,7 +9,7 @@ import {
   produceRecords,
   waitForRows,
   worldConfig,
-} from "./_pipeline.ts";
+} from "../testing/pipeline.ts";
 
 Deno.test({
   name: "startService() stores 20,000 produced records exactly once with masked addresses",

@@ -8,13 +8,13 @@
  * BISECTION_BREAKER_SHARE of it, and the rest lands once the schema is fixed.
  */
 import assert from "node:assert/strict";
-import { classifyResponse } from "../lib/_classify_response.ts";
-import { encodeRecord } from "../lib/encode_record.ts";
+import { classifyResponse } from "../lib/sink/clickhouse/_classify_response.ts";
+import { encodeRecord } from "../tools/encode_record.ts";
 import { BISECTION_BREAKER_SHARE } from "../lib/flusher.ts";
-import { packBatch } from "../lib/pack_batch.ts";
+import { packBatch } from "../lib/sink/clickhouse/pack_batch.ts";
 import { startService } from "../lib/service.ts";
-import { syntheticRecords } from "../lib/synthetic_records.ts";
-import type { HttpLogRecord } from "../lib/types.ts";
+import { syntheticRecords } from "../tools/synthetic_records.ts";
+import type { HttpLogRecord } from "../lib/record/types.ts";
 import {
   assertExactlyOnce,
   createWorld,
@@ -24,16 +24,16 @@ import {
   until,
   type World,
   worldConfig,
-} from "./_pipeline.ts";
+} from "../testing/pipeline.ts";
 import {
   CLICKHOUSE_TARGETS,
   clickhouseQuery,
   type ClickHouseTarget,
   freePort,
   topicMessageCount,
-} from "./_stack.ts";
-import { goodMessages, type TestMessage } from "./_malformed.ts";
-import { produceRaw, readTopic, report, waitUntil } from "./_bad_input.ts";
+} from "../testing/stack.ts";
+import { goodMessages, type TestMessage } from "../testing/malformed.ts";
+import { produceRaw, readTopic, report, waitUntil } from "../testing/bad_input.ts";
 
 const GOOD = 2_000;
 const POISON_ID = 10_000_000_777n;

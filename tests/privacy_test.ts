@@ -7,9 +7,9 @@
  * be there, so that finding no address means something.
  */
 import assert from "node:assert/strict";
-import { syntheticRecords } from "../lib/synthetic_records.ts";
-import { createWorld, scrapeMetrics, spawnService, storedCount } from "./_pipeline.ts";
-import { clickhouseQuery, freePort, topicMessageCount } from "./_stack.ts";
+import { syntheticRecords } from "../tools/synthetic_records.ts";
+import { createWorld, scrapeMetrics, spawnService, storedCount } from "../testing/pipeline.ts";
+import { clickhouseQuery, freePort, topicMessageCount } from "../testing/stack.ts";
 import {
   BUILDERS,
   goodMessages,
@@ -17,8 +17,8 @@ import {
   leakForms,
   malformedMessages,
   type TestMessage,
-} from "./_malformed.ts";
-import { metricSum, produceRaw, report, waitUntil } from "./_bad_input.ts";
+} from "../testing/malformed.ts";
+import { metricSum, produceRaw, report, waitUntil } from "../testing/bad_input.ts";
 
 const GOOD = 2_000;
 const MALFORMED = Object.keys(BUILDERS).length * 4;

@@ -8,12 +8,12 @@
  */
 import assert from "node:assert/strict";
 import { Kafka, logLevel } from "kafkajs";
-import { decodeRecord } from "../lib/decode.ts";
-import { produce } from "../lib/produce.ts";
-import { main } from "../lib/produce_command.ts";
-import { syntheticRecords } from "../lib/synthetic_records.ts";
-import type { HttpLogRecord } from "../lib/types.ts";
-import { createTopic, KAFKA_BROKERS, uniqueName } from "./_stack.ts";
+import { decodeRecord } from "../lib/record/decode.ts";
+import { produce } from "../tools/produce.ts";
+import { main } from "../tools/produce_command.ts";
+import { syntheticRecords } from "../tools/synthetic_records.ts";
+import type { HttpLogRecord } from "../lib/record/types.ts";
+import { createTopic, KAFKA_BROKERS, uniqueName } from "../testing/stack.ts";
 
 const COUNT = 1_000;
 const SEED = 20_240_601;

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { clickhouseQuery, startProxy, uniqueName } from "./_stack.ts";
+import { clickhouseQuery, startProxy, uniqueName } from "../testing/stack.ts";
 
 /** Production's client_max_body_size: nginx's default of 1 MiB. */
 const MAX_BODY = 1024 * 1024;

@@ -4,8 +4,8 @@
  * started again on its KV file, while records are produced all along.
  */
 import assert from "node:assert/strict";
-import type { HttpLogRecord } from "../lib/types.ts";
-import { keepLog, progress, startFeed } from "./_feed.ts";
+import type { HttpLogRecord } from "../lib/record/types.ts";
+import { keepLog, progress, startFeed } from "../testing/feed.ts";
 import {
   assertExactlyOnce,
   assertStopsCleanly,
@@ -18,8 +18,8 @@ import {
   storedCount,
   until,
   waitForRows,
-} from "./_pipeline.ts";
-import { KAFKA_BROKERS, topicMessageCount } from "./_stack.ts";
+} from "../testing/pipeline.ts";
+import { KAFKA_BROKERS, topicMessageCount } from "../testing/stack.ts";
 
 /** Both instances share the proxy's per-address budget: 1 request per 250 ms. */
 const PROXY_RATE = "240r/m";

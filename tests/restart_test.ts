@@ -5,8 +5,8 @@
  * ClickHouse back, the rows land from KV, exactly once.
  */
 import assert from "node:assert/strict";
-import { startDelayProxy } from "./_delay_proxy.ts";
-import { groupOffsets } from "./_kafka_group.ts";
+import { startDelayProxy } from "../testing/delay_proxy.ts";
+import { groupOffsets } from "../testing/kafka_group.ts";
 import {
   assertExactlyOnce,
   assertStopsCleanly,
@@ -17,9 +17,9 @@ import {
   spawnService,
   storedCount,
   waitForRows,
-} from "./_pipeline.ts";
-import type { HttpLogRecord } from "../lib/types.ts";
-import { progress } from "./_progress.ts";
+} from "../testing/pipeline.ts";
+import type { HttpLogRecord } from "../lib/record/types.ts";
+import { progress } from "../testing/progress.ts";
 
 const COUNT = 10_000;
 

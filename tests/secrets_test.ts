@@ -8,10 +8,10 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { readTopic } from "./_bad_input.ts";
-import { runCli } from "./_cli.ts";
-import { createWorld, produceRecords, spawnService, until } from "./_pipeline.ts";
-import { CLICKHOUSE_TARGETS, kafkaClient } from "./_stack.ts";
+import { readTopic } from "../testing/bad_input.ts";
+import { runCli } from "../testing/cli.ts";
+import { createWorld, produceRecords, spawnService, until } from "../testing/pipeline.ts";
+import { CLICKHOUSE_TARGETS, kafkaClient } from "../testing/stack.ts";
 
 const MARKER = `Mk${crypto.randomUUID().replaceAll("-", "")}`;
 

@@ -6,11 +6,11 @@
  * are covered by the rest of the suite.
  */
 import assert from "node:assert/strict";
-import { ClickHouseClient } from "../lib/clickhouse_client.ts";
+import { ClickHouseClient } from "../lib/sink/clickhouse/clickhouse_client.ts";
 import { Flusher } from "../lib/flusher.ts";
-import { openQueue } from "../lib/kv_queue.ts";
-import { packBatch } from "../lib/pack_batch.ts";
-import { stockRows } from "./_stock_rows.ts";
+import { openQueue } from "../lib/queue/kv_queue.ts";
+import { packBatch } from "../lib/sink/clickhouse/pack_batch.ts";
+import { stockRows } from "../testing/stock_rows.ts";
 
 interface StandIn extends AsyncDisposable {
   url: string;

@@ -8,8 +8,8 @@
  * Replay the random stop times with `FAULT_SEED=<seed printed on stderr>`.
  */
 import assert from "node:assert/strict";
-import { startDelayProxy } from "./_delay_proxy.ts";
-import { evictGroupMembers } from "./_kafka_group.ts";
+import { startDelayProxy } from "../testing/delay_proxy.ts";
+import { evictGroupMembers } from "../testing/kafka_group.ts";
 import {
   assertExactlyOnce,
   createWorld,
@@ -19,11 +19,11 @@ import {
   spawnService,
   storedCount,
   waitForRows,
-} from "./_pipeline.ts";
-import { faultSeed, seededRandom } from "./_seeded_random.ts";
-import { assertResentWithToken, TOKEN_PATH } from "./_query_log.ts";
-import { clickhouseQuery } from "./_stack.ts";
-import { progress } from "./_progress.ts";
+} from "../testing/pipeline.ts";
+import { faultSeed, seededRandom } from "../testing/seeded_random.ts";
+import { assertResentWithToken, TOKEN_PATH } from "../testing/query_log.ts";
+import { clickhouseQuery } from "../testing/stack.ts";
+import { progress } from "../testing/progress.ts";
 
 /** Sends SIGTERM and returns the exit status and how long the exit took, ms. */
 async function terminate(svc: ServiceProcess): Promise<{ status: Deno.CommandStatus; ms: number }> {

@@ -13,9 +13,9 @@
  */
 import assert from "node:assert/strict";
 import type { FlushEvent } from "../lib/flusher.ts";
-import { openQueue } from "../lib/kv_queue.ts";
+import { openQueue } from "../lib/queue/kv_queue.ts";
 import { startService } from "../lib/service.ts";
-import { type FaultMode, startFaultProxy } from "./_fault_proxy.ts";
+import { type FaultMode, startFaultProxy } from "../testing/fault_proxy.ts";
 import {
   assertExactlyOnce,
   createWorld,
@@ -23,9 +23,9 @@ import {
   storedCount,
   until,
   worldConfig,
-} from "./_pipeline.ts";
-import { CLICKHOUSE_TARGETS, clickhouseQuery, startProxy } from "./_stack.ts";
-import { report } from "./_bad_input.ts";
+} from "../testing/pipeline.ts";
+import { CLICKHOUSE_TARGETS, clickhouseQuery, startProxy } from "../testing/stack.ts";
+import { report } from "../testing/bad_input.ts";
 
 const RECORDS = 2_000;
 /** Far below the batch of 2,000 rows (about 110 KB). */

@@ -5,10 +5,10 @@
  * schema/queries/ read those sums.
  */
 import assert from "node:assert/strict";
-import { bindQuery, type ParamValue, readDashboardQuery } from "../lib/dashboard_query.ts";
+import { bindQuery, type ParamValue, readDashboardQuery } from "../tools/dashboard_query.ts";
 import { type Engine, openHttpEngine, sqlRunner } from "../bench/_engines.ts";
-import { CLICKHOUSE_URL, uniqueName } from "./_stack.ts";
-import { migrate } from "../lib/migrate.ts";
+import { CLICKHOUSE_URL, uniqueName } from "../testing/stack.ts";
+import { migrate } from "../lib/sink/clickhouse/migrate.ts";
 
 /** 2023-11-14 22:00:00 UTC, an hour boundary. */
 const HOUR = 1_699_999_200;

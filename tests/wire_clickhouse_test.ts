@@ -5,11 +5,15 @@
  */
 import assert from "node:assert/strict";
 import { type Engine, openHttpEngine } from "../bench/_engines.ts";
-import { resolveTemplate } from "../lib/migrate.ts";
-import { packBatch, type PackBatchOptions, type PackedBatch } from "../lib/pack_batch.ts";
-import type { HttpLogRow } from "../lib/types.ts";
-import { CLICKHOUSE_URL, uniqueName } from "./_stack.ts";
-import { edgeRows, stockRows } from "./_stock_rows.ts";
+import { resolveTemplate } from "../lib/sink/clickhouse/migrate.ts";
+import {
+  packBatch,
+  type PackBatchOptions,
+  type PackedBatch,
+} from "../lib/sink/clickhouse/pack_batch.ts";
+import type { HttpLogRow } from "../lib/record/types.ts";
+import { CLICKHOUSE_URL, uniqueName } from "../testing/stack.ts";
+import { edgeRows, stockRows } from "../testing/stock_rows.ts";
 
 const MIB = 1_048_576;
 const SCHEMA = new URL("../schema/clickhouse/010_http_log.sql", import.meta.url);
