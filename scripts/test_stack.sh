@@ -24,7 +24,7 @@ esac
 mkdir -p "$STACK_DIR/logs"
 # Files that never reach ClickHouse, or test Kafka rather than ClickHouse (kafka4_test.ts): with
 # both servers they run in the 18.16 run only.
-ONCE=(capnp_wire_test.ts config_test.ts _cli.ts compose_test.ts fuzz_test.ts produce_roundtrip_test.ts readme_test.ts
+ONCE=(capnp_wire_test.ts config_test.ts compose_test.ts fuzz_test.ts produce_roundtrip_test.ts readme_test.ts
   server_version_test.ts kafka4_test.ts)
 
 # files_for NAME: the default file list of one server's run.
