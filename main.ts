@@ -26,6 +26,10 @@ const COMMANDS: Record<string, Command> = {
     summary: "create the ClickHouse database, tables and views",
     load: () => import("./lib/cli/migrate_command.ts"),
   },
+  status: {
+    summary: "print the status of a running instance (--json for scripts)",
+    load: () => import("./lib/cli/status_command.ts"),
+  },
   demo: {
     summary: "migrate, produce and run the service, showing live progress",
     load: () => import("./tools/demo_command.ts"),

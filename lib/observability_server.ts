@@ -1,12 +1,15 @@
 /**
  * The HTTP listener for operators: `/metrics` (Prometheus text format),
- * `/healthz` (the process is alive) and `/readyz` (Kafka joined and KV open;
+ * `/healthz` (the process is alive), `/readyz` (Kafka joined and KV open;
  * ClickHouse reachability is reported but never makes the service unready,
- * since queueing through an outage is normal operation).
+ * since queueing through an outage is normal operation), `/status.json` (the
+ * status snapshot `anonymizer status` prints) and `/` (the same as a page).
  *
  * @module
  */
 import type { MetricsSource } from "./metrics.ts";
+import type { StatusSnapshot } from "./status.ts";
+import { STATUS_PAGE } from "./_status_page.ts";
 
 /** What `/readyz` reports. */
 export interface Readiness {
@@ -24,12 +27,14 @@ export interface ObservabilityOptions {
   registry?: MetricsSource;
   /** Readiness at request time. Default: always ready. */
   readiness?: () => Readiness;
+  /** The status snapshot, served at `/status.json` and as a page at `/`. Default: neither is served. */
+  status?: () => Promise<StatusSnapshot>;
   /** Aborting closes the listener. Default: none. */
   signal?: AbortSignal;
 }
 
 /**
- * Serves `/metrics`, `/healthz` and `/readyz` on `listen`.
+ * Serves `/metrics`, `/healthz`, `/readyz`, `/status.json` and `/` on `listen`.
  *
  * @example
  * ```ts
@@ -64,6 +69,21 @@ export function serveObservability(
     if (pathname === "/metrics" && options.registry) {
       return new Response(await options.registry.metrics(), {
         headers: { "content-type": options.registry.contentType },
+      });
+    }
+    if (pathname === "/status.json" && options.status) {
+      try {
+        return Response.json(await options.status(), { headers: { "cache-control": "no-store" } });
+      } catch (err) {
+        // KV closes while the service stops; the snapshot is then unavailable, not broken.
+        return Response.json({ error: `Cannot take a status snapshot: ${String(err)}` }, {
+          status: 503,
+        });
+      }
+    }
+    if (pathname === "/" && options.status) {
+      return new Response(STATUS_PAGE, {
+        headers: { "content-type": "text/html; charset=utf-8", "cache-control": "no-store" },
       });
     }
     if (pathname === "/healthz") return new Response("ok\n");

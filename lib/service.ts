@@ -19,6 +19,9 @@ import { DeadLetterProducer } from "./source/dead_letters.ts";
 import { AnonymizerError } from "./errors.ts";
 import { lockKvPath } from "./queue/kv_lock.ts";
 import { secretScrubber } from "./redact.ts";
+import type { StatusSnapshot } from "./status.ts";
+import { StatusRecorder } from "./status_recorder.ts";
+import { sampleHistory, type SnapshotParts, takeSnapshot } from "./_status_snapshot.ts";
 
 const log = getLogger(["anonymizer", "service"]);
 
@@ -53,6 +56,8 @@ export interface Service {
   observabilityAddr: Deno.NetAddr | null;
   /** Live state of both ends. */
   status(): { source: SourceStatus; flusher: FlusherStatus };
+  /** What `anonymizer status` and the page at `/` show, as `/status.json` serves it. */
+  snapshot(): Promise<StatusSnapshot>;
   /**
    * Stops fetching, finishes the current KV append and offset commit, lets a
    * request in flight finish within `shutdownGraceMs`, and closes KV.
@@ -124,12 +129,14 @@ export async function startService(config: Config, options: ServiceOptions = {})
     bodyLimit: config.clickhouseBodyLimit,
     onEvent: (e) => {
       metrics.onFlush(e);
+      recorder.onFlush(e);
       options.onFlush?.(e);
     },
     onLanded: (l) => metrics.onLanded(l),
     onPoisonRow: async (row, error, source) => {
       await deadLetters.sendRow(row, error, source);
       metrics.onPoisonRows(1);
+      recorder.onDeadLetters({ clickhouse_rejected: 1 });
     },
     onSystemicFailure: (f) => metrics.onSystemicFailure(f),
   });
@@ -146,7 +153,10 @@ export async function startService(config: Config, options: ServiceOptions = {})
     offsetReset: config.kafkaOffsetReset,
     deadLetters,
     ...kafkaAuth,
-    onBatch: (e) => metrics.onBatch(e),
+    onBatch: (e) => {
+      metrics.onBatch(e);
+      recorder.onDeadLetters(e.deadLetterCodes);
+    },
     onOwned: () => flusher.wake(),
   });
   const metrics = createMetrics({
@@ -157,6 +167,21 @@ export async function startService(config: Config, options: ServiceOptions = {})
     refusalsInARow: () => flusher.status().refusalsInARow,
   });
 
+  const recorder = new StatusRecorder();
+  const snapshotParts: SnapshotParts = {
+    queue,
+    source: () => s.status(),
+    flusher: () => flusher.status(),
+    recorder,
+    dedupSetting: config.clickhouseDedup,
+  };
+  const sample = () =>
+    sampleHistory(snapshotParts).catch((err) =>
+      log.warn("Cannot sample the queue for the status history: {error}", { error: String(err) })
+    );
+  const sampler = setInterval(sample, recorder.sampleMs);
+  await sample();
+
   const stopping = new AbortController();
   let kvOpen = true;
   const server = config.metricsListen === null ? null : serveObservability(config.metricsListen, {
@@ -166,6 +191,7 @@ export async function startService(config: Config, options: ServiceOptions = {})
       kv: kvOpen,
       clickhouse: flusher.status().last?.outcome ?? "unknown",
     }),
+    status: () => takeSnapshot(snapshotParts),
     signal: stopping.signal,
   });
   // The watchdog: a lost timer or a partition revoked mid-commit cannot stall delivery.
@@ -188,6 +214,7 @@ export async function startService(config: Config, options: ServiceOptions = {})
     metrics,
     observabilityAddr: server?.addr ?? null,
     status: () => ({ source: s.status(), flusher: flusher.status() }),
+    snapshot: () => takeSnapshot(snapshotParts),
     stop() {
       stopped ??= (async () => {
         log.info("Stopping: no more fetches; finishing the current commit and request");
@@ -195,6 +222,7 @@ export async function startService(config: Config, options: ServiceOptions = {})
         await flusher.stop({ graceMs: config.shutdownGraceMs });
         await deadLetters.disconnect();
         stopping.abort();
+        clearInterval(sampler);
         await cron;
         await server?.finished;
         kvOpen = false;

@@ -13,7 +13,8 @@ DENO_VERSION=2.9.6
 CHDB_VERSION=4.4.0
 KAFKA_VERSION=3.9.1
 KAFKA4_VERSION=4.1.1
-DEB_PACKAGES=(clickhouse-server clickhouse-client nginx-light capnproto docker-compose curl)
+# chromium: the headless browser of the status page test (tests/status_test.ts).
+DEB_PACKAGES=(clickhouse-server clickhouse-client nginx-light capnproto docker-compose curl chromium)
 # Commands a machine of this kind normally has; installed from Debian only when absent.
 DEB_FOR_COMMAND=(java:openjdk-17-jre-headless mvn:maven npm:npm)
 
