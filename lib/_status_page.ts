@@ -24,6 +24,7 @@ export const STATUS_PAGE = `<!doctype html>
   th, td { text-align: left; padding: .3rem .8rem; border-bottom: 1px solid #e4e4e4; vertical-align: top; }
   th { font-weight: 600; white-space: nowrap; width: 10rem; }
   .num { font-variant-numeric: tabular-nums; }
+  #flushes { white-space: pre-line; }
   .charts { display: flex; gap: 1.5rem; margin-top: 1rem; }
   figure { margin: 0; background: #fff; padding: .5rem; border: 1px solid #e4e4e4; }
   figcaption { color: #555; font-size: .85rem; }
@@ -82,7 +83,7 @@ function render(s) {
   set("partitions", s.kafka.partitions.length === 0 ? "none owned"
     : s.kafka.partitions.map((p) => p.partition + " (lag " + (p.lag ?? "n/a") + ")").join(", "));
   const lags = s.kafka.partitions.map((p) => p.lag).filter((l) => l !== null);
-  set("lag", lags.length === 0 ? "n/a" : lags.reduce((a, b) => a + b, 0) + " messages");
+  set("lag", lags.length === 0 ? "n/a" : lags.reduce((a, b) => a + b, 0) + " messages in total");
   set("queued", s.queue.rows + " rows (" + s.queue.sealedRows + " sealed), oldest " +
     secs(s.queue.oldestAgeMs));
   set("disk", bytes(s.queue.diskBytes));
@@ -90,12 +91,13 @@ function render(s) {
   set("batch", b === null ? "none" : b.id + ": " + b.rows + " rows, " + bytes(b.bytes) + ", " +
     b.state + ", " + b.attempts + " attempts" + (b.lastError ? ", last error: " + b.lastError : ""));
   const wait = s.pacing.nextSlotAt - s.at;
-  set("slot", (wait > 0 ? "in " + secs(wait) : "now") +
+  set("slot", (wait > 0 ? "in " + secs(Math.ceil(wait / 100) * 100) : "now") +
     (s.pacing.inflight ? ", a request in flight" : ""));
-  set("flushes", s.flushes.length === 0 ? "none yet" : s.flushes.slice(-5).reverse().map((f) =>
+  set("flushes", s.flushes.length === 0 ? "none yet" : s.flushes.slice(-5).map((f) =>
     secs(s.at - f.at) + " ago: " + f.kind + " " + f.outcome +
-    (f.status === null ? "" : " " + f.status) + (f.rows === null ? "" : ", " + f.rows + " rows") +
-    ", " + f.durationMs + " ms").join("; "));
+    (f.outcome === "ok" || f.status === null ? "" : " " + f.status) +
+    (f.rows === null ? "" : ", " + f.rows + " rows") + ", " + f.durationMs + " ms" +
+    (f.error === null ? "" : ": " + f.error)).join("\\n"));
   set("refusals", s.refusals.total + " since start, " + s.refusals.inARow + " in a row");
   const codes = Object.entries(s.deadLetters).sort(([a], [b]) => a.localeCompare(b));
   set("dead", codes.length === 0 ? "none since start"

@@ -205,7 +205,8 @@ export function renderStatus(snapshot: StatusSnapshot, options: RenderStatusOpti
   const wait = s.pacing.nextSlotAt - s.at;
   add(
     "Next slot",
-    `${wait > 0 ? `in ${seconds(wait)}` : "now"}${
+    // Rounded up: a slot 40 ms away is not "in 0.0 s".
+    `${wait > 0 ? `in ${seconds(Math.ceil(wait / 100) * 100)}` : "now"}${
       s.pacing.inflight ? ", a request in flight" : ""
     }`,
   );
