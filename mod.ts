@@ -34,4 +34,5 @@ export * from "./lib/config.ts";
 export * from "./lib/service.ts";
 export * from "./lib/metrics.ts";
 export * from "./lib/observability_server.ts";
+export * from "./lib/status.ts";
 export * from "./lib/logging.ts";

@@ -121,7 +121,7 @@ Deno.test({
       const top = await sh(BINARY, ["--help"], { clearEnv: true });
       assert.equal(top.code, 0, top.stderr);
       assert.match(top.stdout, /^Usage: anonymizer <command>/);
-      for (const command of ["run", "produce", "migrate", "demo"]) {
+      for (const command of ["run", "produce", "migrate", "status", "demo"]) {
         const out = await sh(BINARY, [command, "--help"], { clearEnv: true });
         assert.equal(out.code, 0, `${command}: ${out.stderr}`);
         assert.match(out.stdout, new RegExp(`^Usage: anonymizer ${command}\\b`));
