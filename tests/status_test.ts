@@ -18,7 +18,7 @@ import {
 import { CLICKHOUSE_TARGET, freePort } from "../testing/stack.ts";
 import { runCli } from "../testing/cli.ts";
 import { report, waitUntil } from "../testing/bad_input.ts";
-import type { StatusSnapshot } from "../lib/status.ts";
+import { renderStatus, type StatusSnapshot } from "../lib/status.ts";
 
 const CHROMIUM = "/usr/bin/chromium";
 const GOOD = 1_500;
@@ -82,7 +82,7 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   async fn(t) {
-    await using world = await createWorld({ prefix: "status" });
+    await using world = await createWorld({ prefix: "status", proxy: { rate: "6r/m" } });
     const service = await spawnService(world, { metrics: true });
     try {
       await service.waitForLog(JOINED_GROUP);
@@ -91,6 +91,8 @@ Deno.test({
         await (await fetch(`${base}/status.json`)).json();
 
       let instance = "";
+      let queued: StatusSnapshot | undefined;
+      let sealed: StatusSnapshot | undefined;
       await t.step("status --json shows the owned partitions and an empty queue", async () => {
         const s = await statusJson(service);
         instance = s.instance;
@@ -106,7 +108,7 @@ Deno.test({
         assert.equal(s.clickhouse.dedupSetting, "auto");
       });
 
-      await t.step("status --json follows records as they flow", async () => {
+      await t.step("status --json shows rows queued, then sealed, then landed", async () => {
         await produceRecords(world, { count: GOOD, seed: 7_100 });
         // 40 days old: past MAX_PAST_AGE_MS (30 days), so each is dead-lettered as timestamp_too_old.
         await produceRecords(world, {
@@ -114,6 +116,46 @@ Deno.test({
           seed: 7_200,
           now: Date.now() - 40 * 86_400_000,
         });
+        // The proxy allows one request per 10 s, so the rows wait in KV for the next slot.
+        assert.ok(
+          await waitUntil(
+            async () => {
+              const s = await snapshot();
+              if (s.queue.landedRows === 0 && s.queue.rows === GOOD) queued = s;
+              return queued !== undefined || s.queue.landedRows > 0;
+            },
+            60_000,
+            100,
+          ),
+          "the rows were consumed within 60 s",
+        );
+        assert.ok(queued, `all ${GOOD} rows were seen queued before any landed`);
+        assert.ok(queued.queue.oldestAgeMs >= 0);
+        report(
+          `queued: ${queued.queue.rows} rows, next slot in ${
+            queued.pacing.nextSlotAt - queued.at
+          } ms`,
+        );
+
+        await waitUntil(
+          async () => {
+            const s = await snapshot();
+            if (s.batch !== null) sealed = s;
+            return sealed !== undefined || s.queue.landedRows === GOOD;
+          },
+          60_000,
+          50,
+        );
+        assert.ok(sealed?.batch, "the sealed batch was seen before it landed");
+        assert.match(sealed.batch.id, /^\d+$/);
+        assert.equal(sealed.batch.rows, GOOD);
+        assert.ok(sealed.batch.bytes > 0);
+        assert.match(sealed.batch.state, /^(sealed|sending)$/);
+        assert.equal(sealed.queue.sealedRows, GOOD);
+        report(
+          `sealed: batch ${sealed.batch.id}, ${sealed.batch.rows} rows, ${sealed.batch.state}`,
+        );
+
         const landedSeen = new Set<number>();
         const done = await waitUntil(
           async () => {
@@ -177,6 +219,18 @@ Deno.test({
         );
         assert.match(table, /^ClickHouse +[\d.]+, dedup (check|token) \(CLICKHOUSE_DEDUP=auto\)$/m);
         assert.match(table, new RegExp(`^Landed +${GOOD} rows in \\d+ batches by this KV$`, "m"));
+        // The rows in flight were seen as JSON only; the same rendering shows them.
+        assert.match(
+          renderStatus(queued!),
+          new RegExp(`^Queued +${GOOD} rows \\(0 sealed\\), oldest`, "m"),
+        );
+        assert.match(
+          renderStatus(sealed!),
+          new RegExp(
+            `^Sealed batch +\\d+: ${GOOD} rows, [\\d.]+ (B|KiB|MiB), (sealed|sending), \\d+ attempts`,
+            "m",
+          ),
+        );
       });
 
       await t.step("status names the address when no instance answers there", async () => {
