@@ -190,3 +190,103 @@ Deno.test({
     });
   },
 });
+
+Deno.test({
+  name: "dlq replay killed with SIGKILL mid-way and run again queues every letter exactly once",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn(t) {
+    const COUNT = 20_000;
+    await using world = await createWorld({ prefix: "dlqkill" });
+    const dlqTopic = await createTopic(`${world.topic}_dlq2`, 2);
+    const env: Record<string, string> = { ...world.env, KAFKA_DLQ_TOPIC: dlqTopic };
+    const raised = { ...env, MAX_PAST_AGE_MS: String(60 * DAY_MS) };
+    const replayGroup = `${world.group}-dlq-replay`;
+    const old = syntheticRecords({ seed: 1411, now: Date.now(), distinctResourceIds: true })
+      .take(COUNT).toArray().map((r) => ({
+        ...r,
+        timestampEpochMilli: r.timestampEpochMilli - BigInt(40 * DAY_MS),
+      }));
+
+    await t.step(`the service dead-letters ${COUNT} records 40 days old`, async () => {
+      await produceRaw(world.topic, old.map((r) => deadMessage("timestamp_too_old", r)), {
+        partitions: 3,
+        seed: 1412,
+      });
+      const service = await startService(loadConfig(env, []));
+      try {
+        assert.ok(
+          await waitUntil(async () => await topicMessageCount(dlqTopic) >= COUNT, 180_000),
+          `${COUNT} dead letters within 180 s`,
+        );
+      } finally {
+        await service.stop();
+      }
+      assert.equal(await storedCount(world.database), 0);
+    });
+
+    const committed = () =>
+      withKafkaAdmin(async (admin) => {
+        const [offsets] = await admin.fetchOffsets({ groupId: replayGroup, topics: [dlqTopic] });
+        return (offsets?.partitions ?? []).reduce((n, p) => n + Math.max(0, Number(p.offset)), 0);
+      }, { clientId: "anonymizer-tests-admin" });
+
+    await t.step(
+      "a replay killed after its first commits leaves the rest for the next",
+      async () => {
+        const child = new Deno.Command(Deno.execPath(), {
+          args: [
+            "run",
+            ...["--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys"],
+            "main.ts",
+            "dlq",
+            "replay",
+          ],
+          cwd: new URL("..", import.meta.url),
+          clearEnv: true,
+          env: { PATH: Deno.env.get("PATH") ?? "", HOME: Deno.env.get("HOME") ?? "", ...raised },
+          stdin: "null",
+          stdout: "null",
+          stderr: "null",
+        }).spawn();
+        let seen = 0;
+        const deadline = Date.now() + 120_000;
+        while (seen === 0 && Date.now() < deadline) {
+          seen = await committed();
+          if (seen === 0) await new Promise((r) => setTimeout(r, 20));
+        }
+        child.kill("SIGKILL");
+        await child.status;
+        const atKill = await committed();
+        report(`  killed the replay with ${atKill} of ${COUNT} dead letters committed`);
+        assert.ok(seen > 0, "the replay committed within 120 s");
+        assert.ok(atKill < COUNT, "the kill came before the replay finished");
+      },
+    );
+
+    await t.step("the next replay queues the rest, each letter once", async () => {
+      const run = await runCli(["dlq", "replay"], raised, { timeoutMs: 120_000 });
+      assert.equal(run.code, 0, run.stderr);
+      const counts = countsOf(run.stdout, "timestamp_too_old");
+      report(`  second replay: ${JSON.stringify(counts)} (replayed, still dead, skipped)`);
+      assert.equal(await committed(), COUNT);
+      await using queue = await openQueue(env.KV_PATH!);
+      const states = (await queue.partitions()).filter((p) => p.topic === dlqTopic);
+      assert.ok(states.every((p) => p.next === p.committed), "every replayed row is owned");
+      assert.equal((await queue.stats()).queuedRows, COUNT);
+    });
+
+    await t.step("the service lands all of them exactly once", async () => {
+      const service = await startService(loadConfig(env, []));
+      try {
+        assert.ok(
+          await waitUntil(async () => await storedCount(world.database) >= COUNT, 180_000),
+          `${COUNT} rows within 180 s`,
+        );
+        await assertExactlyOnce(world.database, old);
+      } finally {
+        await service.stop();
+      }
+    });
+  },
+});
