@@ -18,6 +18,7 @@ import {
   type DlqProgress,
   type DlqSummary,
   replayDeadLetters,
+  type ReplayOptions,
 } from "../source/dlq_replay.ts";
 import { configOrExit } from "./run_command.ts";
 
@@ -144,7 +145,7 @@ export async function main(args: string[]): Promise<number> {
 
 async function replayInto(
   config: Config,
-  options: Parameters<typeof replayDeadLetters>[2],
+  options: ReplayOptions,
 ): Promise<DlqSummary> {
   await Deno.mkdir(dirname(config.kvPath), { recursive: true });
   using _lock = await lockKvPath(config.kvPath);
