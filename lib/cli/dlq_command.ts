@@ -65,13 +65,14 @@ interface DlqArgs {
  * assert.equal(await main(["replay", "--help"]), 0);
  * assert.equal(await main(["replay", "--since", "yesterday"]), 2);
  * assert.equal(await main(["purge"]), 2);
+ * assert.equal(await main([]), 2);
  * ```
  */
 export async function main(args: string[]): Promise<number> {
   const [action, ...rest] = args;
-  if (action === "--help" || action === "-h") {
+  if (action === undefined || action === "--help" || action === "-h") {
     console.log(HELP);
-    return 0;
+    return action === undefined ? 2 : 0;
   }
   if (action !== "replay") {
     console.error(
