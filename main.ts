@@ -18,6 +18,10 @@ const COMMANDS: Record<string, Command> = {
     summary: "consume http_log from Kafka and store it in ClickHouse (the service)",
     load: () => import("./lib/cli/run_command.ts"),
   },
+  dlq: {
+    summary: "dlq replay: re-validate dead letters and queue what passes now, exactly once",
+    load: () => import("./lib/cli/dlq_command.ts"),
+  },
   produce: {
     summary: "write synthetic HttpLogRecord messages to Kafka",
     load: () => import("./tools/produce_command.ts"),

@@ -28,6 +28,23 @@ export type MessageResult =
   | { ok: true; row: HttpLogRow }
   | { ok: false; code: string; message: string };
 
+/**
+ * What a message carries besides its value, for a `toRow` that needs it
+ * (the dead-letter replay reads the code a letter was written with).
+ */
+export interface MessageContext {
+  /** Partition. */
+  partition: number;
+  /** Offset. */
+  offset: string;
+  /** Broker or producer timestamp, epoch ms as a string (kafkajs's form). */
+  timestamp: string;
+  /** Headers as received; a value is bytes, text, or a list of either. */
+  headers: Readonly<
+    Record<string, Uint8Array | string | ReadonlyArray<Uint8Array | string> | undefined>
+  >;
+}
+
 /** Where a consumer group without committed offsets starts. */
 export type OffsetReset = "earliest" | "latest" | { timestamp: number };
 
@@ -83,8 +100,12 @@ export interface DeadLetterSink {
 
 /** Options of {@linkcode KafkaSource}. */
 export interface KafkaSourceOptions {
-  /** Turns a message value into a row or a rejection. Required in practice; default: rejects everything. */
-  toRow?: (value: Uint8Array | null) => MessageResult;
+  /**
+   * Turns a message value into a row or a rejection; `context` gives the
+   * message's position, timestamp and headers. Required in practice;
+   * default: rejects everything.
+   */
+  toRow?: (value: Uint8Array | null, context: MessageContext) => MessageResult;
   /** Topic to consume. Default: `"http_log"`. */
   topic?: string;
   /** Consumer group. Default: `"anonymizer"`. */
@@ -466,7 +487,12 @@ export class KafkaSource {
       const value = m.value === null
         ? null
         : new Uint8Array(m.value.buffer, m.value.byteOffset, m.value.byteLength);
-      const result = this.#opts.toRow(value);
+      const result = this.#opts.toRow(value, {
+        partition,
+        offset: m.offset,
+        timestamp: m.timestamp,
+        headers: m.headers ?? {},
+      });
       if (result.ok) entries.push({ offset, row: result.row });
       else {
         const key = m.key === null
