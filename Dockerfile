@@ -28,7 +28,7 @@ COPY --chown=deno:deno schema/ schema/
 # main.ts loads each subcommand with a dynamic import: name them all so every
 # npm package is cached now and --cached-only can hold at run time.
 RUN deno install --entrypoint main.ts lib/cli/run_command.ts tools/produce_command.ts \
-    lib/cli/migrate_command.ts tools/demo_command.ts
+    lib/cli/migrate_command.ts lib/cli/status_command.ts lib/cli/dlq_command.ts tools/demo_command.ts
 
 # A named volume mounted here starts with this folder's owner, so deno can write.
 VOLUME ["/var/lib/anonymizer"]
