@@ -10,7 +10,8 @@
  *
  * Why no two members send within one spacing:
  * - Within one view, members send only at their own grid points, which are a
- *   whole slot (spacing + margin) apart, so any clock skew below the margin
+ *   whole slot (spacing + margin) apart, and at most 250 ms late, so a clock
+ *   skew between members up to the margin minus 250 ms (500 ms by default)
  *   keeps accepted requests ≥ 62.5 s apart.
  * - When the group changes, a member stops sending when it learns that a
  *   rebalance started, and the rebalance completes only after every member
@@ -26,10 +27,26 @@
  *   the coordinator can drop it.
  * - A member that is not in the group (starting, rebalancing, cut off from
  *   Kafka) sends nothing: it cannot know which slots are free.
+ * - A member with nothing to send in a slot it holds gives it to the next
+ *   member in id order ({@linkcode SlotSchedule.giveAway}), which uses it or
+ *   passes it on in turn. The slot is a token: the giver never sends in a slot
+ *   it gave, the receiver sends only in a slot handed to it under the same
+ *   view, and it never returns to its owner, so at most one member sends in
+ *   any slot. A hand-over that arrives late or is lost only leaves the slot
+ *   unused.
  *
  * @module
  */
-import { sharedSlotAt } from "./_shared_slot.ts";
+import { slotOwner } from "./_shared_slot.ts";
+
+/**
+ * How late after its start a shared slot may still be used, ms: a third of
+ * the margin, at least 100 and at most 250. Lateness and clock skew between
+ * members share the margin.
+ */
+function lateMs(marginMs: number): number {
+  return Math.min(250, Math.max(100, marginMs / 3));
+}
 
 /** The consumer group as one member last saw it. */
 export interface GroupView {
@@ -37,6 +54,19 @@ export interface GroupView {
   members: readonly string[];
   /** This instance's member id; one of `members`. */
   self: string;
+}
+
+/**
+ * A slot handed to the next member of the group by one that has nothing to
+ * send in it.
+ */
+export interface SlotYield {
+  /** The view it was given under: {@linkcode SlotSchedule.viewKey}. */
+  view: string;
+  /** Start of the slot, ms since the epoch. */
+  at: number;
+  /** Member id of the giver. */
+  from: string;
 }
 
 /** How instances share the proxy address: `off` (each alone) or `group`. */
@@ -48,7 +78,7 @@ export interface SlotScheduleOptions {
   sharing?: SlotSharing;
   /** Minimum spacing between accepted requests, ms. Default: `62_500` (stock ch-proxy). */
   spacingMs?: number;
-  /** Safety margin added to the spacing, ms; the clock skew tolerated between members. Default: `750`. */
+  /** Safety margin added to the spacing, ms; covers clock skew between members and a late send. Default: `750`. */
   marginMs?: number;
   /**
    * How long after its last heartbeat a member may still send, ms. The
@@ -67,7 +97,12 @@ interface Current {
   index: number;
   count: number;
   members: readonly string[];
+  key: string;
   guardUntil: number;
+  /** Slots handed to this member, not yet used or passed on. */
+  received: Set<number>;
+  /** Slots this member gave up; it never sends in them. */
+  given: Set<number>;
 }
 
 /**
@@ -95,6 +130,7 @@ export class SlotSchedule {
   readonly #slotMs: number;
   readonly #now: () => number;
   readonly #leaseMs: number;
+  readonly #lateMs: number;
   #lastHeartbeat = -Infinity;
   #current: Current | null = null;
   #hadView = false;
@@ -105,11 +141,17 @@ export class SlotSchedule {
     this.#slotMs = (options.spacingMs ?? 62_500) + (options.marginMs ?? 750);
     this.#now = options.now ?? Date.now;
     this.#leaseMs = options.leaseMs ?? 15_000;
+    this.#lateMs = lateMs(options.marginMs ?? 750);
   }
 
   /** `group` or `off`. */
   get sharing(): SlotSharing {
     return this.#sharing;
+  }
+
+  /** Identifies the view in force in hand-overs; `""` while not in the group. */
+  get viewKey(): string {
+    return this.#current?.key ?? "";
   }
 
   /** Member ids of the view in force, sorted; empty while not in the group. */
@@ -142,7 +184,10 @@ export class SlotSchedule {
       index,
       count: members.length,
       members,
+      key: members.join(" "),
       guardUntil: guarded ? this.#now() + this.#slotMs : 0,
+      received: new Set(),
+      given: new Set(),
     };
     this.heartbeat();
   }
@@ -159,14 +204,77 @@ export class SlotSchedule {
    */
   slotAt(earliest: number): number | null {
     if (this.#sharing === "off") return earliest;
-    const current = this.#current;
+    const current = this.#usable();
     if (current === null) return null;
-    // A member the coordinator may have dropped must not use slots the others now share.
-    if (this.#now() - this.#lastHeartbeat > this.#leaseMs) return null;
-    // A slot already past is gone: sending now would land between two grid points.
-    const from = Math.max(earliest, current.guardUntil, this.#now());
+    const from = Math.max(earliest, current.guardUntil);
     // Alone in the group: the grid would only add waiting.
     if (current.count === 1) return from;
-    return sharedSlotAt(from, current.index, current.count, this.#slotMs);
+    // A slot already under way is gone: a late send would eat into the next member's margin.
+    let at = Math.ceil(Math.max(from, this.#now() - this.#lateMs) / this.#slotMs) * this.#slotMs;
+    // Ends: slots given up are finitely many, and every count-th slot is this member's.
+    while (!this.#holds(current, at)) at += this.#slotMs;
+    return at;
+  }
+
+  /**
+   * Whether the slot starting at `at` (from {@linkcode SlotSchedule.slotAt})
+   * may be used now: the view that gave it still holds, this instance holds
+   * the slot, and the send is not so late that it would crowd the next member.
+   */
+  mayUse(at: number): boolean {
+    if (this.#sharing === "off") return true;
+    const current = this.#usable();
+    if (current === null || at < current.guardUntil) return false;
+    if (current.count === 1) return true;
+    return this.#holds(current, at) && this.#now() - at <= this.#lateMs;
+  }
+
+  /**
+   * Gives up the slot at `at`, which this instance holds but has nothing to
+   * send in, to the next member. Returns the hand-over to publish, or `null`
+   * when there is nobody to give it to (alone, or every other member passed
+   * it on already). Either way this instance will not send in it.
+   */
+  giveAway(at: number): SlotYield | null {
+    const current = this.#current;
+    if (this.#sharing === "off" || current === null || current.count === 1) return null;
+    if (!this.#holds(current, at)) return null;
+    current.given.add(at);
+    current.received.delete(at);
+    const next = (current.index + 1) % current.count;
+    if (next === slotOwner(at, current.count, this.#slotMs)) return null;
+    return { view: current.key, at, from: current.members[current.index]! };
+  }
+
+  /**
+   * Takes note of a hand-over read from the group's channel. Returns `true`
+   * when it gave this instance a slot, so the flusher should look again.
+   */
+  receive(y: SlotYield): boolean {
+    const current = this.#current;
+    if (current === null || y.view !== current.key || current.given.has(y.at)) return false;
+    const giver = current.members.indexOf(y.from);
+    if (giver < 0 || (giver + 1) % current.count !== current.index) return false;
+    if (slotOwner(y.at, current.count, this.#slotMs) === current.index) return false;
+    // Hand-overs for slots long past are of no use; keeping them would only grow the set.
+    for (const old of current.received) {
+      if (old < this.#now() - this.#slotMs) current.received.delete(old);
+    }
+    for (const old of current.given) {
+      if (old < this.#now() - this.#slotMs) current.given.delete(old);
+    }
+    current.received.add(y.at);
+    return true;
+  }
+
+  #holds(current: Current, at: number): boolean {
+    if (current.given.has(at)) return false;
+    return slotOwner(at, current.count, this.#slotMs) === current.index || current.received.has(at);
+  }
+
+  #usable(): Current | null {
+    // A member the coordinator may have dropped must not use slots the others now share.
+    if (this.#now() - this.#lastHeartbeat > this.#leaseMs) return null;
+    return this.#current;
   }
 }

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { SlotSchedule } from "./slot_schedule.ts";
 
 const SLOT = 63_250;
+const LATE = 250;
 
 /** Sends of each member over `slots` slots, each member asking from its own clock. */
 function sends(
@@ -17,9 +18,11 @@ function sends(
     for (let n = 0; n < slots; n++) {
       schedule.heartbeat();
       const at = schedule.slotAt(local)!;
-      // The real time of a send is the local slot start minus this member's clock skew.
-      out.push({ member, at: at - skews[i]! });
-      local = at + 1;
+      local = at + LATE;
+      schedule.heartbeat();
+      assert.ok(schedule.mayUse(at), `member ${member} may not use its slot ${at}`);
+      // The real time of a send is the local time minus this member's clock skew.
+      out.push({ member, at: local - skews[i]! });
     }
   });
   return out.sort((a, b) => a.at - b.at);
@@ -29,7 +32,8 @@ Deno.test("SlotSchedule.slotAt() gives members turns at least one spacing apart"
   for (const n of [2, 3, 5]) {
     await t.step(`${n} members, clocks skewed by up to the margin`, () => {
       const members = Array.from({ length: n }, (_, i) => `member-${(i * 7) % n}`);
-      const skews = members.map((_, i) => (i % 2 === 0 ? 375 : -375));
+      // Lateness and skew share the 750 ms margin.
+      const skews = members.map((_, i) => (i % 2 === 0 ? 250 : -250));
       const all = sends(members, skews, 40);
       for (let i = 1; i < all.length; i++) {
         const gap = all[i]!.at - all[i - 1]!.at;
@@ -45,6 +49,21 @@ Deno.test("SlotSchedule.slotAt() gives members turns at least one spacing apart"
     const starts = sends(members, [0, 0, 0], 10).map((s) => s.at);
     const first = starts[0]!;
     assert.deepEqual(starts, starts.map((_, i) => first + i * SLOT));
+  });
+  await t.step("a slot is not used late, nor after the view changed", () => {
+    let now = 100 * SLOT;
+    const schedule = new SlotSchedule({ now: () => now });
+    schedule.setView({ members: ["a", "b"], self: "a" });
+    const at = schedule.slotAt(now)!;
+    now = at + LATE + 1;
+    schedule.heartbeat();
+    assert.equal(schedule.mayUse(at), false);
+    assert.equal(schedule.slotAt(now), at + 2 * SLOT);
+    now = at + 2 * SLOT;
+    schedule.heartbeat();
+    assert.equal(schedule.mayUse(now), true);
+    schedule.setView({ members: ["a", "b", "c"], self: "a" });
+    assert.equal(schedule.mayUse(now), false, "a new view starts with its guard");
   });
 });
 
@@ -101,4 +120,63 @@ Deno.test("SlotSchedule.setView() refuses a view without this member", () => {
       err instanceof RangeError && err.message.includes('current value is "c"') &&
       err.message.includes('["a","b"]'),
   );
+});
+
+Deno.test("SlotSchedule.giveAway() hands an unused slot to the next member only", async (t) => {
+  let now = 1_000 * SLOT;
+  const make = (self: string, members: string[]) => {
+    const s = new SlotSchedule({ now: () => now });
+    s.setView({ members, self });
+    return s;
+  };
+  const members = ["a", "b", "c"];
+  const [a, b, c] = members.map((m) => make(m, members)) as [
+    SlotSchedule,
+    SlotSchedule,
+    SlotSchedule,
+  ];
+  now += 2 * SLOT; // past the guard
+  for (const s of [a, b, c]) s.heartbeat();
+  const slotA = a.slotAt(now)!;
+
+  await t.step("the owner gives its slot to the next member in id order", () => {
+    assert.equal(b.slotAt(now)! > slotA, true);
+    const y = a.giveAway(slotA);
+    assert.deepEqual(y, { view: "a b c", at: slotA, from: "a" });
+    assert.equal(a.mayUse(slotA), false);
+    assert.notEqual(a.slotAt(now), slotA);
+    assert.equal(c.receive(y!), false, "c is not next after a");
+    assert.equal(b.receive(y!), true);
+    assert.equal(b.slotAt(now), slotA);
+  });
+  await t.step("it may be passed on, but never back to its owner", () => {
+    const y = b.giveAway(slotA)!;
+    assert.equal(b.mayUse(slotA), false);
+    assert.equal(c.receive(y), true);
+    assert.equal(c.slotAt(now), slotA);
+    assert.equal(c.giveAway(slotA), null, "a owns it; the hand-over ends here");
+    assert.equal(c.mayUse(slotA), false);
+  });
+  await t.step("a hand-over from another view is ignored", () => {
+    const next = slotA + 3 * SLOT;
+    assert.equal(b.receive({ view: "a b", at: next, from: "a" }), false);
+    assert.equal(b.receive({ view: "a b c", at: next + SLOT, from: "a" }), false, "b owns it");
+  });
+  await t.step("at most one member holds any slot, whatever is handed over", () => {
+    const all = [a, b, c];
+    for (let i = 0; i < 60; i++) {
+      const at = slotA + (i % 12) * SLOT;
+      const giver = all[(i * 7) % 3]!;
+      const y = giver.giveAway(at);
+      if (y !== null) { for (const s of all) s.receive(y); }
+      for (let k = 0; k < 12; k++) {
+        const slot = slotA + k * SLOT;
+        now = slot;
+        for (const s of all) s.heartbeat();
+        const holders = all.filter((s) => s.mayUse(slot)).length;
+        assert.ok(holders <= 1, `slot ${k} has ${holders} holders after hand-over ${i}`);
+      }
+      now = slotA;
+    }
+  });
 });
