@@ -131,6 +131,7 @@ export class SlotSchedule {
   readonly #now: () => number;
   readonly #leaseMs: number;
   readonly #lateMs: number;
+  readonly #marginMs: number;
   #lastHeartbeat = -Infinity;
   #current: Current | null = null;
   #hadView = false;
@@ -141,7 +142,8 @@ export class SlotSchedule {
     this.#slotMs = (options.spacingMs ?? 62_500) + (options.marginMs ?? 750);
     this.#now = options.now ?? Date.now;
     this.#leaseMs = options.leaseMs ?? 15_000;
-    this.#lateMs = lateMs(options.marginMs ?? 750);
+    this.#marginMs = options.marginMs ?? 750;
+    this.#lateMs = lateMs(this.#marginMs);
   }
 
   /** `group` or `off`. */
@@ -206,9 +208,13 @@ export class SlotSchedule {
     if (this.#sharing === "off") return earliest;
     const current = this.#usable();
     if (current === null) return null;
-    const from = Math.max(earliest, current.guardUntil);
     // Alone in the group: the grid would only add waiting.
-    if (current.count === 1) return from;
+    if (current.count === 1) return Math.max(earliest, current.guardUntil);
+    // `earliest` adds the margin to this member's own last request, but grid
+    // points are a whole slot apart already: the margin there is for the
+    // other members' clocks, and keeping it here would skip a slot handed
+    // over right after an own one.
+    const from = Math.max(earliest - this.#marginMs, current.guardUntil);
     // A slot already under way is gone: a late send would eat into the next member's margin.
     let at = Math.ceil(Math.max(from, this.#now() - this.#lateMs) / this.#slotMs) * this.#slotMs;
     // Ends: slots given up are finitely many, and every count-th slot is this member's.
