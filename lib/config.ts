@@ -9,6 +9,7 @@ import { parseArgs } from "node:util";
 import { ConfigError } from "./errors.ts";
 import type { OffsetReset } from "./source/kafka_source.ts";
 import type { WireEncoding } from "./sink/clickhouse/pack_batch.ts";
+import type { SlotSharing } from "./slot_schedule.ts";
 
 /** The validated configuration of `anonymizer run`. */
 export interface Config {
@@ -54,6 +55,10 @@ export interface Config {
   clickhouseTimeoutMs: number;
   /** Body encoding: auto (by server version), native_clickhouse_zstd (any version) or native_zstd (23.3+): `CLICKHOUSE_ENCODING`. */
   clickhouseEncoding: "auto" | WireEncoding;
+  /** group (instances of one consumer group share the proxy's slots) or off (each paces alone): `CLICKHOUSE_SLOT_SHARING`. */
+  clickhouseSlotSharing: SlotSharing;
+  /** Topic on which instances hand unused slots to each other (created with 1 partition): `KAFKA_SLOTS_TOPIC`. */
+  kafkaSlotsTopic: string;
   /** Resolving unknown outcomes: check (one SELECT), token (insert_deduplication_token), auto: `CLICKHOUSE_DEDUP`. */
   clickhouseDedup: "auto" | "check" | "token";
   /** Deno KV file holding the durable queue: `KV_PATH`. */
@@ -332,6 +337,24 @@ export const SETTINGS: readonly Setting[] = [
     help:
       "Body encoding: auto (by server version), native_clickhouse_zstd (any version) or native_zstd (23.3+)",
     parse: oneOf("auto", "native_clickhouse_zstd", "native_zstd"),
+  },
+  {
+    env: "CLICKHOUSE_SLOT_SHARING",
+    flag: "clickhouse-slot-sharing",
+    key: "clickhouseSlotSharing",
+    default: "group",
+    help:
+      "group: instances of one consumer group behind one address take turns on the proxy's slots; off: each paces alone",
+    parse: oneOf("group", "off"),
+  },
+  {
+    env: "KAFKA_SLOTS_TOPIC",
+    flag: "kafka-slots-topic",
+    key: "kafkaSlotsTopic",
+    default: "anonymizer_slots",
+    help:
+      "Topic on which instances sharing the proxy hand unused slots to each other (created with 1 partition)",
+    parse: topic,
   },
   {
     env: "CLICKHOUSE_DEDUP",

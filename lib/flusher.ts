@@ -15,6 +15,7 @@ import type { ClickHouseClient } from "./sink/clickhouse/clickhouse_client.ts";
 import { ClickHouseError } from "./errors.ts";
 import type { BatchMeta, KvQueue, PackResult } from "./queue/kv_queue.ts";
 import { nextSlotAt } from "./pacer.ts";
+import { SlotSchedule, type SlotYield } from "./slot_schedule.ts";
 import {
   type ServerProfile,
   serverProfile,
@@ -31,6 +32,12 @@ const log = getLogger(["anonymizer", "flusher"]);
  * neighbour's request landing just before ours; three in a row are a pattern.
  */
 const REFUSALS_BEFORE_DIAGNOSIS = 3;
+
+/**
+ * How long before a shared slot its holder seals, ms: a hand-over read from
+ * Kafka takes well under a second, and the receiver seals when it arrives.
+ */
+const SHARED_SEAL_LEAD_MS = 5_000;
 
 /** What a request to ClickHouse was for. */
 export type RequestKind = "insert" | "check" | "version" | "repair";
@@ -204,6 +211,13 @@ export interface FlusherOptions {
   onPoisonRow?: (row: HttpLogRow, error: ClickHouseError, source: PoisonSource) => Promise<void>;
   /** Called when a batch is kept as a systemic failure instead of being bisected or dead-lettered. Default: none. */
   onSystemicFailure?: (failure: SystemicFailure) => void;
+  /**
+   * Which slots this instance may use when it shares ch-proxy's address with
+   * the rest of its consumer group. Default: a schedule with sharing `off`.
+   */
+  slotSchedule?: SlotSchedule;
+  /** Publishes a slot this instance handed to the next member of its group. Default: none (the slot goes unused). */
+  onSlotYield?: (y: SlotYield) => void;
   /** Clock. Default: `Date.now`. */
   now?: () => number;
 }
@@ -232,13 +246,24 @@ export class Flusher {
   readonly #queue: KvQueue;
   readonly #client: ClickHouseClient;
   readonly #opts: Required<
-    Omit<FlusherOptions, "pack" | "onEvent" | "onLanded" | "onPoisonRow" | "onSystemicFailure">
+    Omit<
+      FlusherOptions,
+      | "pack"
+      | "onEvent"
+      | "onLanded"
+      | "onPoisonRow"
+      | "onSystemicFailure"
+      | "slotSchedule"
+      | "onSlotYield"
+    >
   >;
   readonly #onLanded: FlusherOptions["onLanded"];
   readonly #pack: Packer | undefined;
   readonly #onEvent: ((event: FlushEvent) => void) | undefined;
   readonly #onPoisonRow: FlusherOptions["onPoisonRow"];
   readonly #onSystemicFailure: FlusherOptions["onSystemicFailure"];
+  readonly #schedule: SlotSchedule;
+  readonly #onSlotYield: FlusherOptions["onSlotYield"];
   /** Encoding of the last body ClickHouse could not read; the packer tries another. */
   #avoidEncoding: string | undefined;
   /**
@@ -274,6 +299,8 @@ export class Flusher {
     this.#onPoisonRow = options.onPoisonRow;
     this.#onSystemicFailure = options.onSystemicFailure;
     this.#onLanded = options.onLanded;
+    this.#schedule = options.slotSchedule ?? new SlotSchedule({ sharing: "off" });
+    this.#onSlotYield = options.onSlotYield;
     this.#opts = {
       database: options.database ?? "default",
       spacingMs: options.spacingMs ?? 62_500,
@@ -387,16 +414,36 @@ export class Flusher {
     return true;
   }
 
-  async #slot(): Promise<number> {
+  /** The next slot this instance may use, or `null` while the group's slots are unknown. */
+  async #slot(): Promise<number | null> {
     const pacer = await this.#queue.pacer();
-    const at = nextSlotAt({ ...pacer, lastRefusedAt: this.#lastRefusedAt }, this.#opts);
-    this.#status.nextSlotAt = at;
+    const own = nextSlotAt({ ...pacer, lastRefusedAt: this.#lastRefusedAt }, this.#opts);
+    const at = this.#schedule.slotAt(own);
+    this.#status.nextSlotAt = at ?? own;
     return at;
+  }
+
+  /**
+   * Waits until `leadMs` before the next usable slot and returns its start,
+   * or `null` if stopping. A slot counts only if it is still this instance's
+   * when the wait ends: the group may have changed meanwhile.
+   */
+  async #untilSlot(leadMs = 0): Promise<number | null> {
+    for (;;) {
+      const at = await this.#slot();
+      if (at === null) {
+        if (this.#stopping) return null;
+        await this.#sleep(1_000);
+        continue;
+      }
+      if (!await this.#sleepUntil(at - leadMs)) return null;
+      if (this.#schedule.mayUse(at)) return at;
+    }
   }
 
   async #step(): Promise<void> {
     if (this.#status.serverVersion === null) {
-      if (!await this.#sleepUntil(await this.#slot())) return;
+      if (await this.#untilSlot() === null) return;
       // The format is named: a server's default output format is its own setting.
       const text = await this.#paced(
         "version",
@@ -418,14 +465,21 @@ export class Flusher {
     let batch = await this.#queue.batch();
     if (batch === null) {
       // Seal as late as possible so the batch carries everything queued by its slot.
-      if (!await this.#sleepUntil((await this.#slot()) - this.#opts.sealLeadMs)) return;
+      // Shared slots are sealed earlier: an empty one is handed on, and the
+      // next member needs time to seal its own batch for it.
+      const shared = this.#schedule.members.length > 1;
+      const at = await this.#untilSlot(shared ? SHARED_SEAL_LEAD_MS : this.#opts.sealLeadMs);
+      if (at === null) return;
       batch = await this.#seal();
       if (batch === null) {
-        await this.#sleep(60_000);
+        const y = this.#schedule.giveAway(at);
+        if (y !== null) this.#onSlotYield?.(y);
+        // Alone, a new row wakes the loop; shared, the next held slot is looked at again.
+        if (!shared) await this.#sleep(60_000);
         return;
       }
     }
-    if (!await this.#sleepUntil(await this.#slot())) return;
+    if (await this.#untilSlot() === null) return;
     // A 413 after an unknown outcome is resolved by a check even with tokens:
     // splitting gives the rows new batch ids, so a landed attempt would land twice.
     const check = this.#strategy() === "check" || batch.tooLarge === true;

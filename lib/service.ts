@@ -8,6 +8,8 @@ import { dirname, resolve } from "node:path";
 import { getLogger } from "@logtape/logtape";
 import { type Config, secretValues } from "./config.ts";
 import { ClickHouseClient } from "./sink/clickhouse/clickhouse_client.ts";
+import { SlotSchedule } from "./slot_schedule.ts";
+import { SlotYieldChannel } from "./source/slot_yields.ts";
 import { Flusher, type FlusherStatus, type FlushEvent, type Packer } from "./flusher.ts";
 import { KafkaSource, type SourceStatus } from "./source/kafka_source.ts";
 import { type KvQueue, openQueue } from "./queue/kv_queue.ts";
@@ -120,8 +122,31 @@ export async function startService(config: Config, options: ServiceOptions = {})
         ? { encoding: readableEncoding(serverVersion, hints?.avoidEncoding) }
         : { encoding: config.clickhouseEncoding as never }),
     }));
+  const slotSchedule = new SlotSchedule({
+    sharing: config.clickhouseSlotSharing,
+    spacingMs: config.clickhouseSpacingMs,
+    marginMs: config.clickhouseMarginMs,
+  });
+  const yields = config.clickhouseSlotSharing === "off"
+    ? null
+    : new SlotYieldChannel(config.kafkaBrokers, (y) => {
+      if (slotSchedule.receive(y)) flusher.wake();
+    }, {
+      topic: config.kafkaSlotsTopic,
+      groupId: config.kafkaGroupId,
+      clientId: config.kafkaClientId,
+      ...kafkaAuth,
+    });
   const flusher = new Flusher(queue, client, {
     pack,
+    slotSchedule,
+    onSlotYield: (y) =>
+      yields?.publish(y).catch((err) =>
+        log.warn("Cannot hand slot {at} to the next member; it goes unused: {error}", {
+          at: new Date(y.at).toISOString(),
+          error: String(err),
+        })
+      ),
     database: config.clickhouseDatabase,
     spacingMs: config.clickhouseSpacingMs,
     marginMs: config.clickhouseMarginMs,
@@ -158,6 +183,7 @@ export async function startService(config: Config, options: ServiceOptions = {})
       recorder.onDeadLetters(e.deadLetterCodes);
     },
     onOwned: () => flusher.wake(),
+    slotSchedule,
   });
   const metrics = createMetrics({
     queue,
@@ -220,6 +246,7 @@ export async function startService(config: Config, options: ServiceOptions = {})
         log.info("Stopping: no more fetches; finishing the current commit and request");
         await s.stop();
         await flusher.stop({ graceMs: config.shutdownGraceMs });
+        await yields?.stop();
         await deadLetters.disconnect();
         stopping.abort();
         clearInterval(sampler);
@@ -245,6 +272,12 @@ export async function startService(config: Config, options: ServiceOptions = {})
         partitions: config.kafkaDlqPartitions,
         retentionMs: config.kafkaDlqRetentionMs,
       }), { brokers, signal: options.signal });
+    if (yields !== null) {
+      await untilKafka("start the slot hand-over channel", () => yields.start(), {
+        brokers,
+        signal: options.signal,
+      });
+    }
     flusher.start();
     await untilKafka("join the consumer group", () => s.start(), {
       brokers,

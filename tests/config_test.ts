@@ -28,6 +28,8 @@ const BAD_VALUES: Readonly<Record<string, string>> = {
   CLICKHOUSE_BODY_LIMIT: "1MiB",
   CLICKHOUSE_TIMEOUT_MS: "30s",
   CLICKHOUSE_ENCODING: "brotli",
+  CLICKHOUSE_SLOT_SHARING: "shared",
+  KAFKA_SLOTS_TOPIC: "no spaces allowed",
   CLICKHOUSE_DEDUP: "maybe",
   KV_PATH: "  ",
   MAX_PAST_AGE_MS: "30d",

@@ -18,6 +18,7 @@ import { type Consumer, type EachBatchPayload, Kafka, type KafkaConfig, logLevel
 import { QueueError } from "../errors.ts";
 import type { KvQueue, QueueEntry } from "../queue/kv_queue.ts";
 import type { HttpLogRow } from "../record/types.ts";
+import type { SlotSchedule } from "../slot_schedule.ts";
 import { formatMetadata, parseMetadata, resolvePending, takeOver } from "./_commit_metadata.ts";
 import { kafkaLogCreator } from "./_kafka_log.ts";
 
@@ -126,6 +127,12 @@ export interface KafkaSourceOptions {
   onBatch?: (event: SourceBatchEvent) => void;
   /** Called when rows became owned (sealable). Default: none. */
   onOwned?: () => void;
+  /**
+   * Told the group's members after each join, each answered heartbeat, and
+   * when membership is lost, so that instances behind one address share the
+   * proxy's slots. Default: none (the flusher paces as if alone).
+   */
+  slotSchedule?: SlotSchedule;
   /** Called while KV refuses writes (e.g. disk full): `true` when paused, `false` when resumed. Default: none. */
   onBackpressure?: (paused: boolean) => void;
 }
@@ -165,13 +172,18 @@ export class KafkaSource {
   readonly #opts: Required<
     Pick<KafkaSourceOptions, "topic" | "groupId" | "offsetReset" | "toRow">
   >;
-  readonly #hooks: Pick<KafkaSourceOptions, "onBatch" | "onOwned" | "onBackpressure">;
+  readonly #hooks: Pick<
+    KafkaSourceOptions,
+    "onBatch" | "onOwned" | "onBackpressure" | "slotSchedule"
+  >;
   readonly #reconciled = new Set<number>();
   readonly #locks = new Map<number, Promise<unknown>>();
   #handovers = new Map<number, Array<[bigint, string]>>();
   #status: SourceStatus = { joined: false, assigned: [], lag: {}, backpressure: false };
   #stopping = false;
   #listening = false;
+  /** Counts joins and losses, so a slow describeGroup answer cannot set a view already stale. */
+  #generation = 0;
 
   /** A source reading from `brokers` into `queue`. */
   constructor(brokers: string[], queue: KvQueue, options: KafkaSourceOptions = {}) {
@@ -260,6 +272,18 @@ export class KafkaSource {
         log.warn("Cannot settle pending rows after joining yet: {error}", { error: String(err) })
       );
     });
+    const schedule = this.#hooks.slotSchedule;
+    if (schedule !== undefined) {
+      c.on(c.events.GROUP_JOIN, (e) => this.#shareView(schedule, e.payload.memberId));
+      c.on(c.events.HEARTBEAT, () => schedule.heartbeat());
+      const lost = () => {
+        this.#generation++;
+        schedule.setView(null);
+      };
+      c.on(c.events.REBALANCING, lost);
+      c.on(c.events.CRASH, lost);
+      c.on(c.events.STOP, lost);
+    }
     c.on(c.events.CRASH, (e) => {
       this.#status.joined = false;
       log.error("Kafka consumer crashed (restart: {restart}): {error}", {
@@ -270,6 +294,34 @@ export class KafkaSource {
     c.on(c.events.STOP, () => {
       this.#status.joined = false;
     });
+  }
+
+  /** Tells `schedule` the members of the group just joined. */
+  async #shareView(schedule: SlotSchedule, self: string): Promise<void> {
+    const generation = ++this.#generation;
+    for (let attempt = 1;; attempt++) {
+      try {
+        const group = await this.#consumer.describeGroup();
+        if (generation !== this.#generation) return;
+        const members = group.members.map((m) => m.memberId);
+        schedule.setView({ members, self });
+        log.info("Sharing ch-proxy slots with {count} members of group {groupId}: {members}", {
+          count: members.length,
+          groupId: this.#opts.groupId,
+          members: schedule.members.join(","),
+        });
+        return;
+      } catch (err) {
+        // Without the member list no slot is known to be free: the flusher waits meanwhile.
+        log.warn("Cannot read the members of group {groupId} yet (attempt {attempt}): {error}", {
+          groupId: this.#opts.groupId,
+          attempt,
+          error: String(err),
+        });
+        if (generation !== this.#generation || this.#stopping) return;
+        await new Promise((r) => setTimeout(r, Math.min(10_000, 1_000 * attempt)));
+      }
+    }
   }
 
   /**
