@@ -19,6 +19,7 @@
  */
 export * from "./lib/errors.ts";
 export type * from "./lib/record/types.ts";
+export type { KafkaSasl } from "./lib/source/kafka_client.ts";
 export * from "./lib/source/kafka_source.ts";
 export * from "./lib/record/decode.ts";
 export * from "./lib/record/validate.ts";

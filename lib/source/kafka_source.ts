@@ -14,12 +14,12 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import { type Consumer, type EachBatchPayload, Kafka, type KafkaConfig, logLevel } from "kafkajs";
+import type { Consumer, EachBatchPayload, Kafka } from "kafkajs";
 import { QueueError } from "../errors.ts";
 import type { KvQueue, QueueEntry } from "../queue/kv_queue.ts";
 import type { HttpLogRow } from "../record/types.ts";
 import { formatMetadata, parseMetadata, resolvePending, takeOver } from "./_commit_metadata.ts";
-import { kafkaLogCreator } from "./_kafka_log.ts";
+import { kafkaClient, type KafkaSasl } from "./kafka_client.ts";
 
 const log = getLogger(["anonymizer", "kafka"]);
 
@@ -47,16 +47,6 @@ export interface SourceBatchEvent {
   deadLetterCodes: Record<string, number>;
   /** Messages between this batch and the partition's high watermark. */
   lag: number;
-}
-
-/** SASL credentials for the Kafka connection. */
-export interface KafkaSasl {
-  /** The mechanism, as `KAFKA_SASL_MECHANISM` names it. */
-  mechanism: "plain" | "scram-sha-256" | "scram-sha-512";
-  /** User name. */
-  username: string;
-  /** Password; never logged. */
-  password: string;
 }
 
 /** A message that cannot be stored, with where it came from and why. */
@@ -163,14 +153,10 @@ export class KafkaSource {
         (() => ({ ok: false, code: "no_decoder", message: "no decoder configured" })),
     };
     this.#hooks = options;
-    this.#kafka = new Kafka({
-      brokers,
+    this.#kafka = kafkaClient(brokers, {
       clientId: options.clientId ?? "anonymizer",
-      ssl: options.ssl,
-      // kafkajs types each mechanism apart; every one takes a user name and a password.
-      sasl: options.sasl as KafkaConfig["sasl"],
-      logLevel: logLevel.INFO,
-      logCreator: kafkaLogCreator,
+      ssl: options.ssl ?? false,
+      sasl: options.sasl,
     });
     this.#consumer = this.#kafka.consumer({
       groupId: this.#opts.groupId,
