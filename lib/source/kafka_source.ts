@@ -89,14 +89,10 @@ export interface KafkaSourceOptions {
   ssl?: boolean;
   /** SASL credentials passed to kafkajs. Default: none. */
   sasl?: KafkaSasl;
-  /** Consumer session timeout, ms. Default: `30_000`. */
-  sessionTimeoutMs?: number;
   /** Called after each Kafka batch. Default: none. */
   onBatch?: (event: SourceBatchEvent) => void;
   /** Called when rows became owned (sealable). Default: none. */
   onOwned?: () => void;
-  /** Called while KV refuses writes (e.g. disk full): `true` when paused, `false` when resumed. Default: none. */
-  onBackpressure?: (paused: boolean) => void;
 }
 
 /** Live state for readiness and metrics. */
@@ -134,7 +130,7 @@ export class KafkaSource {
   readonly #opts: Required<
     Pick<KafkaSourceOptions, "topic" | "groupId" | "offsetReset" | "toRow">
   >;
-  readonly #hooks: Pick<KafkaSourceOptions, "onBatch" | "onOwned" | "onBackpressure">;
+  readonly #hooks: Pick<KafkaSourceOptions, "onBatch" | "onOwned">;
   readonly #reconciled = new Set<number>();
   readonly #locks = new Map<number, Promise<unknown>>();
   #handovers = new Map<number, Array<[bigint, string]>>();
@@ -160,7 +156,7 @@ export class KafkaSource {
     });
     this.#consumer = this.#kafka.consumer({
       groupId: this.#opts.groupId,
-      sessionTimeout: options.sessionTimeoutMs ?? 30_000,
+      sessionTimeout: 30_000,
       heartbeatInterval: 3_000,
       // Larger, less frequent fetches make fewer, fuller KV chunks (a seal takes at most 900),
       // for at most a second of added latency.
@@ -530,7 +526,6 @@ export class KafkaSource {
         const n = await this.#queue.append(this.#opts.topic, partition, entries, { next });
         if (this.#status.backpressure) {
           this.#status.backpressure = false;
-          this.#hooks.onBackpressure?.(false);
           log.info("KV accepts writes again; consumption resumed");
         }
         return n;
@@ -538,7 +533,6 @@ export class KafkaSource {
         if (!(err instanceof QueueError) || !err.retriable) throw err;
         if (!this.#status.backpressure) {
           this.#status.backpressure = true;
-          this.#hooks.onBackpressure?.(true);
         }
         if (Date.now() - warnedAt > 60_000) {
           warnedAt = Date.now();
