@@ -216,9 +216,9 @@ Deno.test({
     const err: string[] = [];
     const status = await main(
       [
-        "--brokers",
+        "--kafka-brokers",
         KAFKA_BROKERS,
-        "--topic",
+        "--kafka-topic",
         topic,
         "--count",
         "40",
