@@ -21,6 +21,8 @@ export * from "./lib/errors.ts";
 export type * from "./lib/record/types.ts";
 export type { KafkaSasl } from "./lib/source/kafka_client.ts";
 export * from "./lib/source/kafka_source.ts";
+export type * from "./lib/source/source_consumer.ts";
+export * from "./lib/source/kafka_consumer.ts";
 export * from "./lib/record/decode.ts";
 export * from "./lib/record/validate.ts";
 export * from "./lib/record/anonymize.ts";

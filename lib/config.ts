@@ -7,7 +7,7 @@
  */
 import { parseArgs } from "node:util";
 import { ConfigError } from "./errors.ts";
-import type { OffsetReset } from "./source/kafka_source.ts";
+import type { OffsetReset } from "./source/kafka_consumer.ts";
 import type { WireEncoding } from "./sink/clickhouse/pack_batch.ts";
 
 /** The validated configuration of `anonymizer run`. */
