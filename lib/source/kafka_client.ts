@@ -28,6 +28,11 @@ export interface KafkaClientOptions {
   ssl?: boolean;
   /** SASL credentials. Default: none. */
   sasl?: KafkaSasl;
+  /**
+   * Further kafkajs settings, over the defaults above; tests use it to
+   * silence kafkajs or shorten its retries. Default: none.
+   */
+  kafkajs?: Partial<Omit<KafkaConfig, "brokers" | "clientId" | "ssl" | "sasl">>;
 }
 
 /**
@@ -55,5 +60,6 @@ export function kafkaClient(brokers: string[], options: KafkaClientOptions = {})
     sasl: options.sasl as KafkaConfig["sasl"],
     logLevel: logLevel.INFO,
     logCreator: kafkaLogCreator,
+    ...options.kafkajs,
   });
 }
