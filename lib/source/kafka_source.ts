@@ -11,6 +11,9 @@
  * 4. the offset is committed with this instance's id as metadata;
  * 5. on success the rows become owned and the flusher may seal them.
  *
+ * Kafka is reached through a {@linkcode SourceConsumer} (`kafkaConsumer()`
+ * in the service), so unit tests drive the source with a fake consumer.
+ *
  * @module
  */
 import { getLogger } from "@logtape/logtape";
