@@ -19,13 +19,18 @@
  */
 export * from "./lib/errors.ts";
 export type * from "./lib/record/types.ts";
+export type { KafkaSasl } from "./lib/source/kafka_client.ts";
 export * from "./lib/source/kafka_source.ts";
+export type * from "./lib/source/source_consumer.ts";
+export * from "./lib/source/kafka_consumer.ts";
 export * from "./lib/record/decode.ts";
 export * from "./lib/record/validate.ts";
 export * from "./lib/record/anonymize.ts";
 export * from "./lib/record/message_to_row.ts";
 export * from "./lib/queue/kv_queue.ts";
 export * from "./lib/pacer.ts";
+export * from "./lib/slot_schedule.ts";
+export * from "./lib/source/slot_yields.ts";
 export * from "./lib/flusher.ts";
 export * from "./lib/sink/clickhouse/pack_batch.ts";
 export * from "./lib/sink/clickhouse/clickhouse_client.ts";

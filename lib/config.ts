@@ -7,7 +7,7 @@
  */
 import { parseArgs } from "node:util";
 import { ConfigError } from "./errors.ts";
-import type { OffsetReset } from "./source/kafka_source.ts";
+import type { OffsetReset } from "./source/kafka_consumer.ts";
 import type { WireEncoding } from "./sink/clickhouse/pack_batch.ts";
 import type { SlotSharing } from "./slot_schedule.ts";
 
@@ -99,7 +99,28 @@ export interface Setting {
   parse: (raw: string, fail: (rule: string) => never) => unknown;
 }
 
-const HOST_PORT = /^[A-Za-z0-9.\-]+:\d{1,5}$/;
+/**
+ * Splits `host:port` where host is a DNS name or an IPv4 address and port is
+ * 1 to 65535; returns `null` for anything else. Every host:port setting of
+ * the service and of `anonymizer produce` is checked with it. A bracketed
+ * IPv6 address is refused: kafkajs splits a seed broker at its first colon.
+ *
+ * @example
+ * ```ts
+ * import { parseHostPort } from "./config.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.deepEqual(parseHostPort("127.0.0.1:9092"), { hostname: "127.0.0.1", port: 9092 });
+ * assert.equal(parseHostPort("kafka"), null);
+ * assert.equal(parseHostPort("kafka:99999"), null);
+ * ```
+ */
+export function parseHostPort(text: string): { hostname: string; port: number } | null {
+  const match = /^([A-Za-z0-9.\-]+):(\d{1,5})$/.exec(text);
+  if (match === null) return null;
+  const port = Number(match[2]);
+  return port >= 1 && port <= 65_535 ? { hostname: match[1]!, port } : null;
+}
 
 const int =
   (min: number, max = Number.MAX_SAFE_INTEGER) => (raw: string, fail: (r: string) => never) => {
@@ -145,7 +166,7 @@ export const SETTINGS: readonly Setting[] = [
     help: "Kafka bootstrap brokers, comma-separated host:port",
     parse: (raw, fail) => {
       const list = raw.split(",").map((s) => s.trim());
-      if (list.some((b) => !HOST_PORT.test(b))) fail("must be host:port[,host:port...]");
+      if (list.some((b) => parseHostPort(b) === null)) fail("must be host:port[,host:port...]");
       return list;
     },
   },
@@ -413,11 +434,7 @@ export const SETTINGS: readonly Setting[] = [
     help: "host:port of /metrics, /healthz and /readyz; empty to disable",
     parse: (raw, fail) => {
       if (raw === "") return null;
-      if (!HOST_PORT.test(raw)) fail("must be host:port or empty");
-      const i = raw.lastIndexOf(":");
-      const port = Number(raw.slice(i + 1));
-      if (port > 65_535) fail("must be host:port or empty");
-      return { hostname: raw.slice(0, i), port };
+      return parseHostPort(raw) ?? fail("must be host:port or empty");
     },
   },
   {

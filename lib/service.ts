@@ -12,6 +12,7 @@ import { SlotSchedule } from "./slot_schedule.ts";
 import { SlotYieldChannel } from "./source/slot_yields.ts";
 import { Flusher, type FlusherStatus, type FlushEvent, type Packer } from "./flusher.ts";
 import { KafkaSource, type SourceStatus } from "./source/kafka_source.ts";
+import { kafkaConsumer } from "./source/kafka_consumer.ts";
 import { type KvQueue, openQueue } from "./queue/kv_queue.ts";
 import { messageToRow } from "./record/message_to_row.ts";
 import { createMetrics, type Metrics } from "./metrics.ts";
@@ -166,18 +167,22 @@ export async function startService(config: Config, options: ServiceOptions = {})
     onSystemicFailure: (f) => metrics.onSystemicFailure(f),
   });
   // The callbacks below run only after start, once `metrics` exists.
-  const s = new KafkaSource(config.kafkaBrokers, queue, {
+  const consumer = kafkaConsumer(config.kafkaBrokers, {
+    topic: config.kafkaTopic,
+    groupId: config.kafkaGroupId,
+    clientId: config.kafkaClientId,
+    offsetReset: config.kafkaOffsetReset,
+    ...kafkaAuth,
+  });
+  const s = new KafkaSource(consumer, {
+    queue,
     toRow: (value) =>
       messageToRow(value, {
         maxPastAgeMs: config.maxPastAgeMs,
         maxFutureSkewMs: config.maxFutureSkewMs,
       }),
-    topic: config.kafkaTopic,
-    groupId: config.kafkaGroupId,
-    clientId: config.kafkaClientId,
-    offsetReset: config.kafkaOffsetReset,
     deadLetters,
-    ...kafkaAuth,
+  }, {
     onBatch: (e) => {
       metrics.onBatch(e);
       recorder.onDeadLetters(e.deadLetterCodes);

@@ -13,7 +13,8 @@
  * @module
  */
 import { Buffer } from "node:buffer";
-import { Kafka, logLevel } from "kafkajs";
+import { logLevel } from "kafkajs";
+import { kafkaClient } from "../lib/source/kafka_client.ts";
 import { encodeRecord } from "../tools/encode_record.ts";
 import { syntheticRecords } from "../tools/synthetic_records.ts";
 import type { HttpLogRecord } from "../lib/record/types.ts";
@@ -72,11 +73,9 @@ export async function startFeed(
 ): Promise<Feed> {
   const partitions = options.partitions ?? 3;
   const name = options.name ?? "feed";
-  const producer = new Kafka({
+  const producer = kafkaClient(brokers.split(","), {
     clientId: "anonymizer-tests-feed",
-    brokers: brokers.split(","),
-    logLevel: logLevel.NOTHING,
-    retry: { retries: 5, maxRetryTime: 2_000 },
+    kafkajs: { logLevel: logLevel.NOTHING, retry: { retries: 5, maxRetryTime: 2_000 } },
   }).producer({
     idempotent: true,
     maxInFlightRequests: 1,

@@ -8,7 +8,8 @@
  *
  * @module
  */
-import { Kafka, logLevel } from "kafkajs";
+import { type Kafka, logLevel } from "kafkajs";
+import { kafkaClient } from "../lib/source/kafka_client.ts";
 import { AnonymizerError } from "../lib/errors.ts";
 import { createTopic, fillTemplate, freePort } from "./stack.ts";
 
@@ -266,12 +267,9 @@ class Broker implements KafkaBroker {
   }
 
   #kafka(connectionTimeout: number): Kafka {
-    return new Kafka({
+    return kafkaClient([this.brokers], {
       clientId: "anonymizer-tests-broker",
-      brokers: [this.brokers],
-      logLevel: logLevel.NOTHING,
-      connectionTimeout,
-      retry: { retries: 0 },
+      kafkajs: { logLevel: logLevel.NOTHING, connectionTimeout, retry: { retries: 0 } },
     });
   }
 

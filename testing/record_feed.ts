@@ -8,7 +8,8 @@
  * @module
  */
 import { Buffer } from "node:buffer";
-import { Kafka, logLevel, Partitioners, type Producer } from "kafkajs";
+import { logLevel, Partitioners, type Producer } from "kafkajs";
+import { kafkaClient } from "../lib/source/kafka_client.ts";
 import { encodeRecord } from "../tools/encode_record.ts";
 import { syntheticRecords } from "../tools/synthetic_records.ts";
 import type { HttpLogRecord } from "../lib/record/types.ts";
@@ -41,10 +42,9 @@ export async function openRecordFeed(
     now: options.now ?? Date.now(),
     distinctResourceIds: true,
   }).take(options.total).toArray();
-  const producer: Producer = new Kafka({
+  const producer: Producer = kafkaClient(KAFKA_BROKERS.split(","), {
     clientId: "anonymizer-tests-feed",
-    brokers: KAFKA_BROKERS.split(","),
-    logLevel: logLevel.NOTHING,
+    kafkajs: { logLevel: logLevel.NOTHING },
   }).producer({
     createPartitioner: Partitioners.DefaultPartitioner,
     allowAutoTopicCreation: false,

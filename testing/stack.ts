@@ -10,7 +10,8 @@
  * @module
  */
 
-import { type Admin, Kafka, logLevel } from "kafkajs";
+import { type Admin, type Kafka, logLevel } from "kafkajs";
+import { kafkaClient as anonymizerKafkaClient } from "../lib/source/kafka_client.ts";
 import { AnonymizerError } from "../lib/errors.ts";
 
 /** Kafka bootstrap brokers, comma-separated. Env `TEST_KAFKA_BROKERS`. Default: `"127.0.0.1:9092"`. */
@@ -432,10 +433,9 @@ export interface KafkaAdminOptions extends KafkaTestOptions {
  * ```
  */
 export function kafkaClient(clientId: string, options: KafkaTestOptions = {}): Kafka {
-  return new Kafka({
+  return anonymizerKafkaClient((options.brokers ?? KAFKA_BROKERS).split(","), {
     clientId,
-    brokers: (options.brokers ?? KAFKA_BROKERS).split(","),
-    logLevel: logLevel.NOTHING,
+    kafkajs: { logLevel: logLevel.NOTHING },
   });
 }
 

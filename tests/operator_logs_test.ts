@@ -1,20 +1,17 @@
 /**
  * What an operator sees: the recovery of an unknown outcome is logged at
  * info with how it was resolved and what it cost; repeated 503s from the
- * proxy end in one error naming CLICKHOUSE_SPACING_MS and a refusal counter;
- * kafkajs's failed responses keep their reason, and routine retried ones are
- * not errors. The flusher talks to a stand-in ClickHouse on 127.0.0.1 that
- * answers as ch-proxy and ClickHouse do.
+ * proxy end in one error naming CLICKHOUSE_SPACING_MS and a refusal counter.
+ * The flusher talks to a stand-in ClickHouse on 127.0.0.1 that answers as
+ * ch-proxy and ClickHouse do. kafkajs's own lines: lib/source/_kafka_log_test.ts.
  */
 import assert from "node:assert/strict";
 import { configure, getTextFormatter, type LogRecord, reset } from "@logtape/logtape";
-import { logLevel } from "kafkajs";
 import { ClickHouseClient } from "../lib/sink/clickhouse/clickhouse_client.ts";
 import { Flusher } from "../lib/flusher.ts";
 import { type KvQueue, openQueue } from "../lib/queue/kv_queue.ts";
 import { createMetrics } from "../lib/metrics.ts";
 import { packBatch } from "../lib/sink/clickhouse/pack_batch.ts";
-import { kafkaLogCreator } from "../lib/source/_kafka_log.ts";
 import { until } from "../testing/pipeline.ts";
 import { stockRows } from "../testing/stock_rows.ts";
 
@@ -212,54 +209,5 @@ Deno.test("Flusher diagnoses 503s in a row once, naming CLICKHOUSE_SPACING_MS, a
     assert.match(errors[0]!, /refused 3 requests in a row/);
     assert.match(errors[0]!, /CLICKHOUSE_SPACING_MS=10/);
     assert.match(errors[0]!, /another client probably shares the proxy's per-IP limit/);
-  });
-});
-
-Deno.test("kafkaLogCreator() keeps a failed response's reason and logs routine retries at info", async (t) => {
-  const records = await captureLogs();
-  const write = kafkaLogCreator(logLevel.INFO);
-  const entry = (message: string, error: string) => ({
-    namespace: "Connection",
-    level: logLevel.ERROR,
-    label: "ERROR",
-    log: { timestamp: "", logger: "kafkajs", message, error },
-  });
-  write(
-    entry(
-      "Response GroupCoordinator(key: 10, version: 2)",
-      "The group coordinator is not available",
-    ),
-  );
-  write(
-    entry(
-      "Response Heartbeat(key: 12, version: 3)",
-      "The group is rebalancing, so a rejoin is needed",
-    ),
-  );
-  write(
-    entry(
-      "Response Produce(key: 0, version: 7)",
-      "Not authorized to access topics: [Topic authorization failed]",
-    ),
-  );
-  await reset();
-  const [coordinator, heartbeat, produce] = records;
-  await t.step("a fresh start's coordinator answer: info, with type and message", () => {
-    assert.equal(coordinator!.level, "info");
-    assert.match(
-      text(coordinator!),
-      /Connection: Response GroupCoordinator\(key: 10, version: 2\): KafkaJSProtocolError GROUP_COORDINATOR_NOT_AVAILABLE: The group coordinator is not available \(routine; retried\)/,
-    );
-  });
-  await t.step("a rebalance's heartbeat answer: info, with type and message", () => {
-    assert.equal(heartbeat!.level, "info");
-    assert.match(text(heartbeat!), /Heartbeat.*REBALANCE_IN_PROGRESS: The group is rebalancing/);
-  });
-  await t.step("any other failed response stays an error, with its reason", () => {
-    assert.equal(produce!.level, "error");
-    assert.match(
-      text(produce!),
-      /Response Produce\(key: 0, version: 7\): KafkaJSProtocolError TOPIC_AUTHORIZATION_FAILED: Not authorized to access topics/,
-    );
   });
 });

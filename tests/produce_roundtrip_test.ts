@@ -7,7 +7,8 @@
  * (CI=true), where it must run and so fails.
  */
 import assert from "node:assert/strict";
-import { Kafka, logLevel } from "kafkajs";
+import { logLevel } from "kafkajs";
+import { kafkaClient } from "../lib/source/kafka_client.ts";
 import { decodeRecord } from "../lib/record/decode.ts";
 import { produce } from "../tools/produce.ts";
 import { main } from "../tools/produce_command.ts";
@@ -70,11 +71,12 @@ interface Consumed {
 
 async function consumeAll(topic: string, expected: number): Promise<Consumed[]> {
   const errors: string[] = [];
-  const consumer = new Kafka({
+  const consumer = kafkaClient(BROKERS, {
     clientId: "produce-roundtrip-test",
-    brokers: BROKERS,
-    logLevel: logLevel.ERROR,
-    logCreator: () => ({ namespace, log }) => errors.push(`${namespace}: ${log.message}`),
+    kafkajs: {
+      logLevel: logLevel.ERROR,
+      logCreator: () => ({ namespace, log }) => errors.push(`${namespace}: ${log.message}`),
+    },
   }).consumer({ groupId: uniqueName("produce_roundtrip") });
   const consumed: Consumed[] = [];
   const { promise: done, resolve, reject } = Promise.withResolvers<void>();
@@ -216,9 +218,9 @@ Deno.test({
     const err: string[] = [];
     const status = await main(
       [
-        "--brokers",
+        "--kafka-brokers",
         KAFKA_BROKERS,
-        "--topic",
+        "--kafka-topic",
         topic,
         "--count",
         "40",

@@ -6,8 +6,8 @@
  */
 
 import { Buffer } from "node:buffer";
-import { Kafka, logLevel, Partitioners } from "kafkajs";
-import { kafkaLogCreator } from "../lib/source/_kafka_log.ts";
+import { Partitioners } from "kafkajs";
+import { kafkaClient } from "../lib/source/kafka_client.ts";
 import { encodeRecord } from "./encode_record.ts";
 import { AnonymizerError } from "../lib/errors.ts";
 import { syntheticRecords } from "./synthetic_records.ts";
@@ -80,7 +80,7 @@ const REQUESTS_PER_SECOND = 20;
  * acknowledged by all in-sync replicas (`acks: -1`). Messages have no key and
  * kafkajs's DefaultPartitioner spreads them round-robin over the topic's
  * partitions (from a random start). kafkajs's own logging goes to logtape
- * (see lib/source/_kafka_log.ts), not to the console.
+ * (see lib/source/kafka_client.ts), not to the console.
  *
  * Rejects with {@linkcode AnonymizerError} (code `"kafka_connect"` or
  * `"kafka_send"`, retriable) when Kafka cannot be reached or refuses a
@@ -136,12 +136,7 @@ export async function produce(
   };
   if (count === 0 || signal?.aborted) return { ...summary, aborted: signal?.aborted ?? false };
 
-  const producer = new Kafka({
-    clientId: "anonymizer-produce",
-    brokers,
-    logLevel: logLevel.INFO,
-    logCreator: kafkaLogCreator,
-  }).producer({
+  const producer = kafkaClient(brokers, { clientId: "anonymizer-produce" }).producer({
     // Named explicitly: kafkajs warns on every start when left to pick its default.
     createPartitioner: Partitioners.DefaultPartitioner,
     allowAutoTopicCreation: false,

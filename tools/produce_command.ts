@@ -6,6 +6,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { parseHostPort } from "../lib/config.ts";
 import { ConfigError } from "../lib/errors.ts";
 import { produce, type ProduceSummary } from "./produce.ts";
 
@@ -29,9 +30,10 @@ Writes synthetic HttpLogRecord messages (Cap'n Proto, no key, round-robin over
 partitions, acks=all) to Kafka. Stops after --count records, or on Ctrl-C.
 
 Options:
-  --brokers <host:port,...>  Kafka bootstrap brokers. Env KAFKA_BROKERS.
+  --kafka-brokers <host:port,...>
+                             Kafka bootstrap brokers. Env KAFKA_BROKERS.
                              Default: 127.0.0.1:9092
-  --topic <name>             Topic to write to. Env KAFKA_TOPIC. Default: http_log
+  --kafka-topic <name>       Topic to write to. Env KAFKA_TOPIC. Default: http_log
   --rate <n>                 Messages per second; 0 = as fast as Kafka acknowledges.
                              Default: 200
   --count <n>                Records to send. Default: until Ctrl-C
@@ -43,8 +45,8 @@ Options:
 Exit status: 0 done, 1 Kafka failed, 2 bad option.`;
 
 const FLAGS = {
-  brokers: { type: "string" },
-  topic: { type: "string" },
+  "kafka-brokers": { type: "string" },
+  "kafka-topic": { type: "string" },
   rate: { type: "string" },
   count: { type: "string" },
   seed: { type: "string" },
@@ -167,14 +169,16 @@ function parseSettings(args: string[], env: Record<string, string | undefined>):
     return typeof value === "string" ? value : undefined;
   };
 
-  const brokersSource = text("brokers") !== undefined ? "--brokers" : "KAFKA_BROKERS";
-  const brokersValue = text("brokers") ?? env.KAFKA_BROKERS ?? "127.0.0.1:9092";
+  const brokersFlag = text("kafka-brokers");
+  const brokersSource = brokersFlag !== undefined ? "--kafka-brokers" : "KAFKA_BROKERS";
+  const brokersValue = brokersFlag ?? env.KAFKA_BROKERS ?? "127.0.0.1:9092";
   const brokers = brokersValue.split(",").map((b) => b.trim());
-  if (!brokers.every(isHostPort)) {
+  if (brokers.some((b) => parseHostPort(b) === null)) {
     throw new ConfigError(brokersSource, brokersValue, "must be host:port[,host:port...]");
   }
-  const topicSource = text("topic") !== undefined ? "--topic" : "KAFKA_TOPIC";
-  const topic = text("topic") ?? env.KAFKA_TOPIC ?? "http_log";
+  const topicFlag = text("kafka-topic");
+  const topicSource = topicFlag !== undefined ? "--kafka-topic" : "KAFKA_TOPIC";
+  const topic = topicFlag ?? env.KAFKA_TOPIC ?? "http_log";
   if (!/^[A-Za-z0-9._][A-Za-z0-9._-]{0,248}$/.test(topic)) {
     throw new ConfigError(
       topicSource,
@@ -201,11 +205,6 @@ function parseSettings(args: string[], env: Record<string, string | undefined>):
     seed,
     distinctResourceIds: values["distinct-ids"] === true,
   };
-}
-
-function isHostPort(value: string): boolean {
-  const match = /^([^\s:,/]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})$/.exec(value);
-  return match !== null && Number(match[2]) >= 1 && Number(match[2]) <= 65_535;
 }
 
 function parseNumber(

@@ -33,14 +33,19 @@ Deno.test("main() refuses a bad option with one line and status 2", async (t) =>
       '--seed must be an integer in [0, 4294967295]: current value is "4294967296"',
     ],
     [
-      ["--brokers", "kafka"],
+      ["--kafka-brokers", "kafka"],
       {},
-      '--brokers must be host:port[,host:port...]: current value is "kafka"',
+      '--kafka-brokers must be host:port[,host:port...]: current value is "kafka"',
     ],
     [
-      ["--brokers", "a:9092,b:99999"],
+      ["--kafka-brokers", "a:9092,b:99999"],
       {},
-      '--brokers must be host:port[,host:port...]: current value is "a:9092,b:99999"',
+      '--kafka-brokers must be host:port[,host:port...]: current value is "a:9092,b:99999"',
+    ],
+    [
+      ["--kafka-brokers", "[::1]:9092"],
+      {},
+      '--kafka-brokers must be host:port[,host:port...]: current value is "[::1]:9092"',
     ],
     [
       [],
@@ -48,21 +53,21 @@ Deno.test("main() refuses a bad option with one line and status 2", async (t) =>
       'KAFKA_BROKERS must be host:port[,host:port...]: current value is "a:1,"',
     ],
     [
-      ["--topic", "a b"],
+      ["--kafka-topic", "a b"],
       {},
-      '--topic must be 1 to 249 of [A-Za-z0-9._-], not starting with -: current value is "a b"',
+      '--kafka-topic must be 1 to 249 of [A-Za-z0-9._-], not starting with -: current value is "a b"',
     ],
     [
       [],
       { KAFKA_TOPIC: "-x" },
       'KAFKA_TOPIC must be 1 to 249 of [A-Za-z0-9._-], not starting with -: current value is "-x"',
     ],
-    [["--topic"], {}, '--topic needs a value: current value is ""'],
+    [["--kafka-topic"], {}, '--kafka-topic needs a value: current value is ""'],
     [["--distinct-ids=yes"], {}, '--distinct-ids takes no value: current value is "yes"'],
     [
       ["--frob"],
       {},
-      "an option must be one of --brokers, --topic, --rate, --count, --seed, --distinct-ids, --help: " +
+      "an option must be one of --kafka-brokers, --kafka-topic, --rate, --count, --seed, --distinct-ids, --help: " +
       'current value is "--frob"',
     ],
     [["1000"], {}, 'produce takes no positional argument: current value is "1000"'],
@@ -85,7 +90,14 @@ Deno.test("main() prints help and exits 0", async (t) => {
       assert.equal(err.length, 0);
       assert.match(out[0]!, /^Usage: anonymizer produce \[options\]/);
       for (
-        const option of ["--brokers", "--topic", "--rate", "--count", "--seed", "--distinct-ids"]
+        const option of [
+          "--kafka-brokers",
+          "--kafka-topic",
+          "--rate",
+          "--count",
+          "--seed",
+          "--distinct-ids",
+        ]
       ) {
         assert.ok(out[0]!.includes(option), option);
       }
@@ -96,8 +108,8 @@ Deno.test("main() prints help and exits 0", async (t) => {
 Deno.test("main() accepts valid options and stops on its signal before connecting", async (t) => {
   await t.step("flags", async () => {
     const { status, out, err } = await run([
-      "--brokers=127.0.0.1:1,[::1]:2",
-      "--topic",
+      "--kafka-brokers=127.0.0.1:1,localhost:2",
+      "--kafka-topic",
       "http_log.v2",
       "--rate",
       "0.5",

@@ -55,13 +55,3 @@ export interface HttpLogRow {
   /** `String`. */
   url: string;
 }
-
-/** Where a Kafka message came from. */
-export interface SourcePosition {
-  /** Kafka topic. */
-  topic: string;
-  /** Kafka partition. */
-  partition: number;
-  /** Offset of the message within the partition. */
-  offset: bigint;
-}

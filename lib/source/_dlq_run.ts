@@ -10,13 +10,13 @@
  *
  * @module
  */
-import { Kafka, type KafkaConfig, logLevel } from "kafkajs";
 import type { Config } from "../config.ts";
 import { StartupError } from "../errors.ts";
 import type { KvQueue } from "../queue/kv_queue.ts";
 import { messageToRow } from "../record/message_to_row.ts";
 import { type DlqFilter, judgeLetter, type Verdict } from "./_dead_letter_verdict.ts";
-import { kafkaLogCreator } from "./_kafka_log.ts";
+import { kafkaClient } from "./kafka_client.ts";
+import { kafkaConsumer } from "./kafka_consumer.ts";
 import { KafkaSource } from "./kafka_source.ts";
 
 /** How often the pass checks the group's commits, ms. */
@@ -94,15 +94,7 @@ export async function runDlq(
     },
   };
   const clientId = `${config.kafkaClientId}-dlq-replay`;
-  const admin = new Kafka({
-    brokers: config.kafkaBrokers,
-    clientId,
-    ssl: auth.ssl,
-    // kafkajs types each mechanism apart; every one takes a user name and a password.
-    sasl: auth.sasl as KafkaConfig["sasl"],
-    logLevel: logLevel.INFO,
-    logCreator: kafkaLogCreator,
-  }).admin();
+  const admin = kafkaClient(config.kafkaBrokers, { clientId, ...auth }).admin();
   await admin.connect();
   const summary: DlqSummary = { topic, groupId, read: 0, byCode: {}, stillDeadNow: {} };
   try {
@@ -154,12 +146,15 @@ export async function runDlq(
     // Verdicts of the batch in progress, by partition and offset: a batch Kafka
     // delivers again overwrites them, so each letter is counted once, on commit.
     const inBatch = new Map<number, Map<string, Verdict>>();
-    const source = new KafkaSource(config.kafkaBrokers, queue, {
+    const consumer = kafkaConsumer(config.kafkaBrokers, {
       topic,
       groupId,
       clientId,
       offsetReset: "earliest",
       ...auth,
+    });
+    const source = new KafkaSource(consumer, {
+      queue,
       toRow: (value, context) => {
         const verdict = judgeLetter(value, context, { filter, toRow });
         let batch = inBatch.get(context.partition);
@@ -171,6 +166,7 @@ export async function runDlq(
       },
       // What still fails is in the DLQ already: it is never written there again.
       deadLetters: { send: () => Promise.resolve() },
+    }, {
       onBatch: (event) => {
         for (const v of inBatch.get(event.partition)?.values() ?? []) count(summary, v);
         inBatch.delete(event.partition);

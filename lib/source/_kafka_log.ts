@@ -11,8 +11,6 @@
  * @module
  */
 import { getLogger, type LogLevel } from "@logtape/logtape";
-// Every kafkajs user in anonymizer imports this module, so the fix is always in place.
-import "./_kafkajs_idle_fix.ts";
 import { type logCreator, type LogEntry, logLevel } from "kafkajs";
 import { errorCodes } from "kafkajs/protocol-error";
 

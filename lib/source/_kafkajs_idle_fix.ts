@@ -11,7 +11,8 @@
  * idle CPU 24 → 6 ms/s, CPU per million records 130 → 65 s.
  *
  * kafkajs has had no release since 2023 and is pinned in deno.json, so the
- * internal path patched here cannot move under us.
+ * internal path patched here cannot move under us; kafka_client_test.ts
+ * fails if an upgrade removes or renames it.
  *
  * @module
  */
@@ -22,9 +23,19 @@ interface Queue {
   throttledUntil: number;
 }
 
-const proto = (RequestQueue as unknown as { prototype: Record<string, unknown> }).prototype;
-const original = proto.scheduleCheckPendingRequests as (this: Queue) => void;
-proto.scheduleCheckPendingRequests = function (this: Queue): void {
-  if (this.pending.length === 0 && this.throttledUntil - Date.now() <= 0) return;
-  original.call(this);
-};
+let applied = false;
+
+/**
+ * Patches kafkajs's `RequestQueue.prototype.scheduleCheckPendingRequests`
+ * once per process; later calls do nothing.
+ */
+export function applyKafkajsIdleFix(): void {
+  if (applied) return;
+  applied = true;
+  const proto = (RequestQueue as unknown as { prototype: Record<string, unknown> }).prototype;
+  const original = proto.scheduleCheckPendingRequests as (this: Queue) => void;
+  proto.scheduleCheckPendingRequests = function (this: Queue): void {
+    if (this.pending.length === 0 && this.throttledUntil - Date.now() <= 0) return;
+    original.call(this);
+  };
+}

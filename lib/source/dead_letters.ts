@@ -7,19 +7,11 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import {
-  CompressionTypes,
-  Kafka,
-  type KafkaConfig,
-  logLevel,
-  type Message,
-  Partitioners,
-  type Producer,
-} from "kafkajs";
+import { CompressionTypes, type Kafka, type Message, Partitioners, type Producer } from "kafkajs";
 import { StartupError } from "../errors.ts";
 import { redactUserinfo } from "../redact.ts";
-import { kafkaLogCreator } from "./_kafka_log.ts";
-import type { DeadLetterMessage, KafkaSasl } from "./kafka_source.ts";
+import { kafkaClient, type KafkaSasl } from "./kafka_client.ts";
+import type { DeadLetterMessage } from "./kafka_source.ts";
 import type { HttpLogRow } from "../record/types.ts";
 
 const log = getLogger(["anonymizer", "dlq"]);
@@ -98,14 +90,10 @@ export class DeadLetterProducer {
     this.#scrub = options.scrub ?? redactUserinfo;
     this.#topic = options.topic;
     this.#sourceTopic = options.sourceTopic;
-    this.#kafka = new Kafka({
-      brokers,
+    this.#kafka = kafkaClient(brokers, {
       clientId: `${options.clientId}-dlq`,
-      ssl: options.ssl,
-      // kafkajs types each mechanism apart; every one takes a user name and a password.
-      sasl: options.sasl as KafkaConfig["sasl"],
-      logLevel: logLevel.INFO,
-      logCreator: kafkaLogCreator,
+      ssl: options.ssl ?? false,
+      sasl: options.sasl,
     });
     this.#producer = this.#kafka.producer({
       // ensureTopic() creates it with a bounded retention; broker defaults would keep

@@ -11,16 +11,18 @@
  * 4. the offset is committed with this instance's id as metadata;
  * 5. on success the rows become owned and the flusher may seal them.
  *
+ * Kafka is reached through a {@linkcode SourceConsumer} (`kafkaConsumer()`
+ * in the service), so unit tests drive the source with a fake consumer.
+ *
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import { type Consumer, type EachBatchPayload, Kafka, type KafkaConfig, logLevel } from "kafkajs";
 import { QueueError } from "../errors.ts";
 import type { KvQueue, QueueEntry } from "../queue/kv_queue.ts";
 import type { HttpLogRow } from "../record/types.ts";
-import type { SlotSchedule } from "../slot_schedule.ts";
 import { formatMetadata, parseMetadata, resolvePending, takeOver } from "./_commit_metadata.ts";
-import { kafkaLogCreator } from "./_kafka_log.ts";
+import type { SlotSchedule } from "../slot_schedule.ts";
+import type { MessageHeaders, SourceBatch, SourceConsumer } from "./source_consumer.ts";
 
 const log = getLogger(["anonymizer", "kafka"]);
 
@@ -28,26 +30,6 @@ const log = getLogger(["anonymizer", "kafka"]);
 export type MessageResult =
   | { ok: true; row: HttpLogRow }
   | { ok: false; code: string; message: string };
-
-/**
- * What a message carries besides its value, for a `toRow` that needs it
- * (the dead-letter replay reads the code a letter was written with).
- */
-export interface MessageContext {
-  /** Partition. */
-  partition: number;
-  /** Offset. */
-  offset: string;
-  /** Broker or producer timestamp, epoch ms as a string (kafkajs's form). */
-  timestamp: string;
-  /** Headers as received; a value is bytes, text, or a list of either. */
-  headers: Readonly<
-    Record<string, Uint8Array | string | ReadonlyArray<Uint8Array | string> | undefined>
-  >;
-}
-
-/** Where a consumer group without committed offsets starts. */
-export type OffsetReset = "earliest" | "latest" | { timestamp: number };
 
 /** Counters the source reports after each Kafka batch. */
 export interface SourceBatchEvent {
@@ -65,16 +47,6 @@ export interface SourceBatchEvent {
   deadLetterCodes: Record<string, number>;
   /** Messages between this batch and the partition's high watermark. */
   lag: number;
-}
-
-/** SASL credentials for the Kafka connection. */
-export interface KafkaSasl {
-  /** The mechanism, as `KAFKA_SASL_MECHANISM` names it. */
-  mechanism: "plain" | "scram-sha-256" | "scram-sha-512";
-  /** User name. */
-  username: string;
-  /** Password; never logged. */
-  password: string;
 }
 
 /** A message that cannot be stored, with where it came from and why. */
@@ -99,30 +71,33 @@ export interface DeadLetterSink {
   send(letters: readonly DeadLetterMessage[]): Promise<void>;
 }
 
+/**
+ * What a message carries besides its value, for a `toRow` that needs it
+ * (the dead-letter replay reads the code a letter was written with).
+ */
+export interface MessageContext {
+  /** Partition. */
+  partition: number;
+  /** Offset, as a decimal string. */
+  offset: string;
+  /** Broker or producer timestamp, epoch ms as a decimal string. */
+  timestamp: string;
+  /** Headers as received. */
+  headers: MessageHeaders;
+}
+
+/** What {@linkcode KafkaSource} writes to: the queue, the row decoder, the dead letters. */
+export interface SourceTargets {
+  /** The durable queue rows are appended to. */
+  queue: KvQueue;
+  /** Turns a message value into a row or a rejection; `context` says where it came from. */
+  toRow: (value: Uint8Array | null, context: MessageContext) => MessageResult;
+  /** Where invalid messages go. */
+  deadLetters: DeadLetterSink;
+}
+
 /** Options of {@linkcode KafkaSource}. */
 export interface KafkaSourceOptions {
-  /**
-   * Turns a message value into a row or a rejection; `context` gives the
-   * message's position, timestamp and headers. Required in practice;
-   * default: rejects everything.
-   */
-  toRow?: (value: Uint8Array | null, context: MessageContext) => MessageResult;
-  /** Topic to consume. Default: `"http_log"`. */
-  topic?: string;
-  /** Consumer group. Default: `"anonymizer"`. */
-  groupId?: string;
-  /** Kafka client id. Default: `"anonymizer"`. */
-  clientId?: string;
-  /** Start position for partitions without a committed offset. Default: `"earliest"`. */
-  offsetReset?: OffsetReset;
-  /** Where invalid messages go. Required in practice; default: none, and a batch with an invalid message fails. */
-  deadLetters?: DeadLetterSink;
-  /** TLS: `true` or options passed to kafkajs. Default: `false`. */
-  ssl?: boolean;
-  /** SASL credentials passed to kafkajs. Default: none. */
-  sasl?: KafkaSasl;
-  /** Consumer session timeout, ms. Default: `30_000`. */
-  sessionTimeoutMs?: number;
   /** Called after each Kafka batch. Default: none. */
   onBatch?: (event: SourceBatchEvent) => void;
   /** Called when rows became owned (sealable). Default: none. */
@@ -133,8 +108,6 @@ export interface KafkaSourceOptions {
    * proxy's slots. Default: none (the flusher paces as if alone).
    */
   slotSchedule?: SlotSchedule;
-  /** Called while KV refuses writes (e.g. disk full): `true` when paused, `false` when resumed. Default: none. */
-  onBackpressure?: (paused: boolean) => void;
 }
 
 /** Live state for readiness and metrics. */
@@ -155,72 +128,41 @@ export interface SourceStatus {
  * @example Construct without connecting
  * ```ts
  * import { KafkaSource } from "./kafka_source.ts";
+ * import { kafkaConsumer } from "./kafka_consumer.ts";
  * import { openQueue } from "../queue/kv_queue.ts";
  * import assert from "node:assert/strict";
  *
  * const dir = await Deno.makeTempDir();
  * await using queue = await openQueue(`${dir}/q.sqlite3`);
- * const source = new KafkaSource(["127.0.0.1:9092"], queue, { topic: "http_log" });
+ * const source = new KafkaSource(kafkaConsumer(["127.0.0.1:9092"], { topic: "http_log" }), {
+ *   queue,
+ *   toRow: () => ({ ok: false, code: "example", message: "rejects everything" }),
+ *   deadLetters: { send: () => Promise.resolve() },
+ * });
  * assert.equal(source.status().joined, false);
  * ```
  */
 export class KafkaSource {
+  readonly #consumer: SourceConsumer;
   readonly #queue: KvQueue;
-  readonly #kafka: Kafka;
-  readonly #consumer: Consumer;
-  readonly #deadLetters: DeadLetterSink | undefined;
-  readonly #opts: Required<
-    Pick<KafkaSourceOptions, "topic" | "groupId" | "offsetReset" | "toRow">
-  >;
-  readonly #hooks: Pick<
-    KafkaSourceOptions,
-    "onBatch" | "onOwned" | "onBackpressure" | "slotSchedule"
-  >;
+  readonly #toRow: SourceTargets["toRow"];
+  readonly #deadLetters: DeadLetterSink;
+  readonly #hooks: KafkaSourceOptions;
   readonly #reconciled = new Set<number>();
   readonly #locks = new Map<number, Promise<unknown>>();
   #handovers = new Map<number, Array<[bigint, string]>>();
   #status: SourceStatus = { joined: false, assigned: [], lag: {}, backpressure: false };
   #stopping = false;
-  #listening = false;
-  /** Counts joins and losses, so a slow describeGroup answer cannot set a view already stale. */
+  /** Counts joins and losses, so a slow member list cannot set a view already stale. */
   #generation = 0;
 
-  /** A source reading from `brokers` into `queue`. */
-  constructor(brokers: string[], queue: KvQueue, options: KafkaSourceOptions = {}) {
-    this.#queue = queue;
-    this.#opts = {
-      topic: options.topic ?? "http_log",
-      groupId: options.groupId ?? "anonymizer",
-      offsetReset: options.offsetReset ?? "earliest",
-      toRow: options.toRow ??
-        (() => ({ ok: false, code: "no_decoder", message: "no decoder configured" })),
-    };
+  /** A source reading through `consumer` into `targets`. */
+  constructor(consumer: SourceConsumer, targets: SourceTargets, options: KafkaSourceOptions = {}) {
+    this.#consumer = consumer;
+    this.#queue = targets.queue;
+    this.#toRow = targets.toRow;
+    this.#deadLetters = targets.deadLetters;
     this.#hooks = options;
-    this.#kafka = new Kafka({
-      brokers,
-      clientId: options.clientId ?? "anonymizer",
-      ssl: options.ssl,
-      // kafkajs types each mechanism apart; every one takes a user name and a password.
-      sasl: options.sasl as KafkaConfig["sasl"],
-      logLevel: logLevel.INFO,
-      logCreator: kafkaLogCreator,
-    });
-    this.#consumer = this.#kafka.consumer({
-      groupId: this.#opts.groupId,
-      sessionTimeout: options.sessionTimeoutMs ?? 30_000,
-      heartbeatInterval: 3_000,
-      // Larger, less frequent fetches make fewer, fuller KV chunks (a seal takes at most 900),
-      // for at most a second of added latency.
-      minBytes: 65_536,
-      maxWaitTimeInMs: 1_000,
-      retry: {
-        retries: Number.MAX_SAFE_INTEGER,
-        maxRetryTime: 10_000,
-        // A join cut short by stop() crashes the runner; it must not start again.
-        restartOnFailure: () => Promise.resolve(!this.#stopping),
-      },
-    });
-    this.#deadLetters = options.deadLetters;
   }
 
   /** Live state. */
@@ -235,65 +177,45 @@ export class KafkaSource {
    * again after it failed to reach Kafka.
    */
   async start(): Promise<void> {
-    const c = this.#consumer;
-    if (!this.#listening) {
-      this.#listen();
-      this.#listening = true;
-    }
-    if (typeof this.#opts.offsetReset === "object") {
-      await this.#resetToTimestamp(this.#opts.offsetReset.timestamp);
-    }
-    await c.connect();
-    await c.subscribe({
-      topic: this.#opts.topic,
-      fromBeginning: this.#opts.offsetReset !== "latest",
+    await this.#consumer.start({
+      joined: (partitions, memberId) => this.#joined(partitions, memberId),
+      rebalancing: () => this.#lostGroup(),
+      heartbeat: () => this.#hooks.slotSchedule?.heartbeat(),
+      crashed: (error, restart) => {
+        this.#lostGroup();
+        this.#status.joined = false;
+        log.error("Kafka consumer crashed (restart: {restart}): {error}", {
+          restart,
+          error: String(error),
+        });
+      },
+      stopped: () => {
+        this.#lostGroup();
+        this.#status.joined = false;
+      },
+      batch: (batch) => this.#withPartition(batch.partition, () => this.#handleBatch(batch)),
     });
-    c.run({
-      autoCommit: false,
-      eachBatchAutoResolve: true,
-      partitionsConsumedConcurrently: 1,
-      eachBatch: (payload) => this.#eachBatch(payload),
-    }).catch((err) => log.error("Kafka consumer stopped: {error}", { error: String(err) }));
   }
 
-  #listen(): void {
-    const c = this.#consumer;
-    c.on(c.events.GROUP_JOIN, (e) => {
-      this.#reconciled.clear();
-      const assigned = e.payload.memberAssignment[this.#opts.topic] ?? [];
-      this.#status.joined = true;
-      this.#status.assigned = [...assigned].sort((a, b) => a - b);
-      log.info("Joined group {groupId} with partitions {partitions}", {
-        groupId: this.#opts.groupId,
-        partitions: this.#status.assigned.join(",") || "none",
-      });
-      // Rows left pending from before the join are settled now, not at the next watchdog tick.
-      this.settlePending().catch((err) =>
-        log.warn("Cannot settle pending rows after joining yet: {error}", { error: String(err) })
-      );
-    });
+  #joined(partitions: number[], memberId: string): void {
     const schedule = this.#hooks.slotSchedule;
-    if (schedule !== undefined) {
-      c.on(c.events.GROUP_JOIN, (e) => this.#shareView(schedule, e.payload.memberId));
-      c.on(c.events.HEARTBEAT, () => schedule.heartbeat());
-      const lost = () => {
-        this.#generation++;
-        schedule.setView(null);
-      };
-      c.on(c.events.REBALANCING, lost);
-      c.on(c.events.CRASH, lost);
-      c.on(c.events.STOP, lost);
-    }
-    c.on(c.events.CRASH, (e) => {
-      this.#status.joined = false;
-      log.error("Kafka consumer crashed (restart: {restart}): {error}", {
-        restart: e.payload.restart,
-        error: String(e.payload.error),
-      });
+    if (schedule !== undefined) this.#shareView(schedule, memberId);
+    this.#reconciled.clear();
+    this.#status.joined = true;
+    this.#status.assigned = [...partitions].sort((a, b) => a - b);
+    log.info("Joined group {groupId} with partitions {partitions}", {
+      groupId: this.#consumer.groupId,
+      partitions: this.#status.assigned.join(",") || "none",
     });
-    c.on(c.events.STOP, () => {
-      this.#status.joined = false;
-    });
+    // Rows left pending from before the join are settled now, not at the next watchdog tick.
+    this.settlePending().catch((err) =>
+      log.warn("Cannot settle pending rows after joining yet: {error}", { error: String(err) })
+    );
+  }
+
+  #lostGroup(): void {
+    this.#generation++;
+    this.#hooks.slotSchedule?.setView(null);
   }
 
   /** Tells `schedule` the members of the group just joined. */
@@ -301,20 +223,19 @@ export class KafkaSource {
     const generation = ++this.#generation;
     for (let attempt = 1;; attempt++) {
       try {
-        const group = await this.#consumer.describeGroup();
+        const members = await this.#consumer.members();
         if (generation !== this.#generation) return;
-        const members = group.members.map((m) => m.memberId);
         schedule.setView({ members, self });
         log.info("Sharing ch-proxy slots with {count} members of group {groupId}: {members}", {
           count: members.length,
-          groupId: this.#opts.groupId,
+          groupId: this.#consumer.groupId,
           members: schedule.members.join(","),
         });
         return;
       } catch (err) {
         // Without the member list no slot is known to be free: the flusher waits meanwhile.
         log.warn("Cannot read the members of group {groupId} yet (attempt {attempt}): {error}", {
-          groupId: this.#opts.groupId,
+          groupId: this.#consumer.groupId,
           attempt,
           error: String(err),
         });
@@ -330,7 +251,7 @@ export class KafkaSource {
    */
   async stop(): Promise<void> {
     this.#stopping = true;
-    const disconnected = this.#consumer.disconnect();
+    const disconnected = this.#consumer.stop();
     if (this.#status.joined) {
       await disconnected;
     } else {
@@ -353,10 +274,11 @@ export class KafkaSource {
    * from the cron watchdog.
    */
   async settlePending(): Promise<void> {
+    const topic = this.#consumer.topic;
     for (const p of await this.#queue.partitions()) {
-      if (p.topic !== this.#opts.topic || p.next === p.committed) continue;
+      if (p.topic !== topic || p.next === p.committed) continue;
       await this.#withPartition(p.partition, async () => {
-        const state = await this.#queue.partition(p.topic, p.partition);
+        const state = await this.#queue.partition(topic, p.partition);
         if (state === null || state.next === state.committed) return;
         if (!this.#status.assigned.includes(p.partition)) {
           await this.#reconcile(p.partition, { fence: false });
@@ -386,76 +308,13 @@ export class KafkaSource {
   }
 
   /**
-   * Gives partitions without a committed offset a starting offset by time,
-   * before this consumer joins: seeking after the first fetch could let rows
-   * from the wrong start be queued.
-   */
-  async #resetToTimestamp(timestamp: number): Promise<void> {
-    const admin = this.#kafka.admin();
-    await admin.connect();
-    try {
-      const [committed] = await admin.fetchOffsets({
-        groupId: this.#opts.groupId,
-        topics: [this.#opts.topic],
-      });
-      const ends = await admin.fetchTopicOffsets(this.#opts.topic);
-      // No message at or after the time: start at the end, like "latest".
-      const byTime = (await admin.fetchTopicOffsetsByTimestamp(this.#opts.topic, timestamp)).map((
-        t,
-      ) =>
-        t.offset === "-1"
-          ? { ...t, offset: ends.find((e) => e.partition === t.partition)?.high ?? "0" }
-          : t
-      );
-      const partitions = byTime.filter((t) =>
-        (committed?.partitions.find((c) => c.partition === t.partition)?.offset ?? "-1") === "-1"
-      );
-      if (partitions.length === 0) return;
-      try {
-        await admin.setOffsets({
-          groupId: this.#opts.groupId,
-          topic: this.#opts.topic,
-          partitions,
-        });
-      } catch (err) {
-        // A running member of the group already owns these partitions and their positions.
-        log.warn("Cannot set start offsets by time as the group is active: {error}", {
-          error: String(err),
-        });
-        return;
-      }
-      log.info("Partitions {partitions} had no committed offset; starting at time {time}", {
-        partitions: partitions.map((p) => `${p.partition}@${p.offset}`).join(","),
-        time: new Date(timestamp).toISOString(),
-      });
-    } finally {
-      await admin.disconnect();
-    }
-  }
-
-  async #groupOffset(partition: number): Promise<{ offset: bigint; metadata: string | null }> {
-    const admin = this.#kafka.admin();
-    await admin.connect();
-    try {
-      const [t] = await admin.fetchOffsets({
-        groupId: this.#opts.groupId,
-        topics: [this.#opts.topic],
-      });
-      const p = t?.partitions.find((x) => x.partition === partition);
-      return { offset: BigInt(p?.offset ?? "-1"), metadata: p?.metadata ?? null };
-    } finally {
-      await admin.disconnect();
-    }
-  }
-
-  /**
    * Settles pending rows of `partition` against the group's last commit, and
    * learns the handover history to commit with from now on.
    */
   async #reconcile(partition: number, options: { fence: boolean }): Promise<void> {
-    const topic = this.#opts.topic;
+    const topic = this.#consumer.topic;
     const self = this.#queue.instanceId;
-    const group = await this.#groupOffset(partition);
+    const group = await this.#consumer.committed(partition);
     const meta = parseMetadata(group.metadata);
     if (options.fence) this.#handovers.set(partition, takeOver(self, group.offset, meta));
     const state = await this.#queue.partition(topic, partition);
@@ -496,9 +355,7 @@ export class KafkaSource {
       handovers: this.#handovers.get(partition) ?? [],
     });
     try {
-      await this.#consumer.commitOffsets([
-        { topic: this.#opts.topic, partition, offset: String(offset), metadata },
-      ]);
+      await this.#consumer.commit(partition, offset, metadata);
     } catch (err) {
       // The rows stay pending; a later commit or the reconcile step settles them.
       log.warn("Cannot commit offset {offset} of partition {partition}: {error}", {
@@ -508,79 +365,56 @@ export class KafkaSource {
       });
       return false;
     }
-    await this.#queue.promote(this.#opts.topic, partition, offset);
+    await this.#queue.promote(this.#consumer.topic, partition, offset);
     this.#hooks.onOwned?.();
     return true;
   }
 
-  #eachBatch(payload: EachBatchPayload): Promise<void> {
-    return this.#withPartition(payload.batch.partition, () => this.#handleBatch(payload));
-  }
-
-  async #handleBatch(payload: EachBatchPayload): Promise<void> {
-    const { batch, heartbeat, isRunning, isStale } = payload;
+  async #handleBatch(batch: SourceBatch): Promise<void> {
     const { partition } = batch;
     if (batch.messages.length === 0 || this.#stopping) return;
     if (!this.#reconciled.has(partition)) {
       await this.#reconcile(partition, { fence: true });
       this.#reconciled.add(partition);
     }
-    const state = await this.#queue.partition(this.#opts.topic, partition);
+    const state = await this.#queue.partition(this.#consumer.topic, partition);
     const skipBelow = state?.next ?? -1n;
     const entries: QueueEntry[] = [];
     const dead: DeadLetterMessage[] = [];
     let skipped = 0;
     for (const m of batch.messages) {
-      const offset = BigInt(m.offset);
-      if (offset < skipBelow) {
+      if (m.offset < skipBelow) {
         skipped++;
         continue;
       }
-      const value = m.value === null
-        ? null
-        : new Uint8Array(m.value.buffer, m.value.byteOffset, m.value.byteLength);
-      const result = this.#opts.toRow(value, {
+      const result = this.#toRow(m.value, {
         partition,
-        offset: m.offset,
+        offset: String(m.offset),
         timestamp: m.timestamp,
-        headers: m.headers ?? {},
+        headers: m.headers,
       });
-      if (result.ok) entries.push({ offset, row: result.row });
+      if (result.ok) entries.push({ offset: m.offset, row: result.row });
       else {
-        const key = m.key === null
-          ? null
-          : new Uint8Array(m.key.buffer, m.key.byteOffset, m.key.byteLength);
         dead.push({
           partition,
-          offset: m.offset,
-          key,
-          value,
+          offset: String(m.offset),
+          key: m.key,
+          value: m.value,
           code: result.code,
           message: result.message,
         });
       }
     }
-    const next = BigInt(batch.lastOffset()) + 1n;
+    const next = batch.lastOffset + 1n;
     if (next <= skipBelow) {
-      this.#report(partition, batch.messages.length, skipped, 0, dead, batch.offsetLag());
+      this.#report(partition, batch.messages.length, skipped, 0, dead, batch.lag);
       return;
     }
-    if (dead.length > 0) {
-      if (this.#deadLetters === undefined) {
-        throw new Error(
-          `Cannot dead-letter ${dead.length} messages of partition ${partition}: no dead-letter producer`,
-        );
-      }
-      await this.#deadLetters.send(dead);
-    }
-    const queued = await this.#appendWithBackpressure(partition, entries, next, {
-      heartbeat,
-      isRunning,
-      isStale,
-    });
+    if (dead.length > 0) await this.#deadLetters.send(dead);
+    const queued = await this.#appendWithBackpressure(batch, entries, next);
     if (queued === null) return;
     await this.#commit(partition, next);
-    this.#report(partition, batch.messages.length, skipped, queued, dead, batch.offsetLag());
+    this.#report(partition, batch.messages.length, skipped, queued, dead, batch.lag);
   }
 
   #report(
@@ -589,11 +423,11 @@ export class KafkaSource {
     skipped: number,
     queued: number,
     dead: Array<{ code: string }>,
-    lag: string,
+    lag: number,
   ): void {
     const deadLetterCodes: Record<string, number> = {};
     for (const d of dead) deadLetterCodes[d.code] = (deadLetterCodes[d.code] ?? 0) + 1;
-    this.#status.lag[partition] = Number(lag);
+    this.#status.lag[partition] = lag;
     this.#hooks.onBatch?.({
       partition,
       received,
@@ -601,7 +435,7 @@ export class KafkaSource {
       queued,
       deadLettered: dead.length,
       deadLetterCodes,
-      lag: Number(lag),
+      lag,
     });
   }
 
@@ -611,27 +445,24 @@ export class KafkaSource {
    * Returns `null` if the batch was abandoned (stopping or rebalanced).
    */
   async #appendWithBackpressure(
-    partition: number,
+    batch: SourceBatch,
     entries: QueueEntry[],
     next: bigint,
-    ctl: Pick<EachBatchPayload, "heartbeat" | "isRunning" | "isStale">,
   ): Promise<number | null> {
     let warnedAt = 0;
     for (;;) {
       try {
-        const n = await this.#queue.append(this.#opts.topic, partition, entries, { next });
+        const n = await this.#queue.append(this.#consumer.topic, batch.partition, entries, {
+          next,
+        });
         if (this.#status.backpressure) {
           this.#status.backpressure = false;
-          this.#hooks.onBackpressure?.(false);
           log.info("KV accepts writes again; consumption resumed");
         }
         return n;
       } catch (err) {
         if (!(err instanceof QueueError) || !err.retriable) throw err;
-        if (!this.#status.backpressure) {
-          this.#status.backpressure = true;
-          this.#hooks.onBackpressure?.(true);
-        }
+        this.#status.backpressure = true;
         if (Date.now() - warnedAt > 60_000) {
           warnedAt = Date.now();
           log.error("Consumption paused as KV refuses writes ({code}); retrying: {error}", {
@@ -639,8 +470,8 @@ export class KafkaSource {
             error: err.message,
           });
         }
-        if (this.#stopping || !ctl.isRunning() || ctl.isStale()) return null;
-        await ctl.heartbeat();
+        if (this.#stopping || !batch.isRunning() || batch.isStale()) return null;
+        await batch.heartbeat();
         await new Promise((r) => setTimeout(r, 2_000));
       }
     }

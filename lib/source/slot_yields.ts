@@ -5,10 +5,9 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import { type Consumer, Kafka, type KafkaConfig, logLevel, type Producer } from "kafkajs";
+import type { Consumer, Kafka, Producer } from "kafkajs";
 import type { SlotYield } from "../slot_schedule.ts";
-import type { KafkaSasl } from "./kafka_source.ts";
-import { kafkaLogCreator } from "./_kafka_log.ts";
+import { kafkaClient, type KafkaSasl } from "./kafka_client.ts";
 
 const log = getLogger(["anonymizer", "slots"]);
 
@@ -60,14 +59,10 @@ export class SlotYieldChannel {
     this.#onYield = onYield;
     this.#topic = options.topic ?? "anonymizer_slots";
     this.#groupId = `${options.groupId ?? "anonymizer"}-slots-${crypto.randomUUID()}`;
-    this.#kafka = new Kafka({
-      brokers,
+    this.#kafka = kafkaClient(brokers, {
       clientId: options.clientId ?? "anonymizer",
-      ssl: options.ssl,
-      // kafkajs types each mechanism apart; every one takes a user name and a password.
-      sasl: options.sasl as KafkaConfig["sasl"],
-      logLevel: logLevel.INFO,
-      logCreator: kafkaLogCreator,
+      ssl: options.ssl ?? false,
+      sasl: options.sasl,
     });
   }
 
