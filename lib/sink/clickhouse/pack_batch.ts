@@ -104,7 +104,7 @@ const AIM_FILL = 0.993;
  * on the stock distribution; it turns the cheap level-1 probe into a first
  * guess. A wrong value only costs one more compression.
  */
-const LEVEL1_TO_DEFAULT = { table: 0.957, planes: 0.943 };
+const LEVEL1_TO_DEFAULT = { table: 0.957, planes: 0.945 };
 /** The probe takes rows up to this many times the body limit in raw bytes, about what fits. */
 const PROBE_RAW_RATIO = 2.5;
 /**
