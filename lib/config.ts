@@ -53,7 +53,7 @@ export interface Config {
   clickhouseBodyLimit: number;
   /** Per-request timeout, ms: `CLICKHOUSE_TIMEOUT_MS`. */
   clickhouseTimeoutMs: number;
-  /** Body encoding: auto (by server version), native_clickhouse_zstd (any version) or native_zstd (23.3+): `CLICKHOUSE_ENCODING`. */
+  /** Body encoding: auto (by server version), native_clickhouse_zstd (any version), native_zstd or native_planes_zstd (23.3+): `CLICKHOUSE_ENCODING`. */
   clickhouseEncoding: "auto" | WireEncoding;
   /** group (instances of one consumer group share the proxy's slots) or off (each paces alone): `CLICKHOUSE_SLOT_SHARING`. */
   clickhouseSlotSharing: SlotSharing;
@@ -356,8 +356,8 @@ export const SETTINGS: readonly Setting[] = [
     key: "clickhouseEncoding",
     default: "auto",
     help:
-      "Body encoding: auto (by server version), native_clickhouse_zstd (any version) or native_zstd (23.3+)",
-    parse: oneOf("auto", "native_clickhouse_zstd", "native_zstd"),
+      "Body encoding: auto (by server version), native_clickhouse_zstd (any version), native_zstd or native_planes_zstd (23.3+)",
+    parse: oneOf("auto", "native_clickhouse_zstd", "native_zstd", "native_planes_zstd"),
   },
   {
     env: "CLICKHOUSE_SLOT_SHARING",

@@ -95,7 +95,7 @@ for (const target of CLICKHOUSE_TARGETS) {
             const flipped = inserts().filter((c) => c.flipped);
             const withBlock = flipped.filter((c) => c.requestLine.includes("decompress=1"));
             assert.ok(withBlock.length >= 1, "a retry as native_clickhouse_zstd");
-            assert.ok(withBlock.length < flipped.length, "a retry as native_zstd");
+            assert.ok(withBlock.length < flipped.length, "a retry as native_planes_zstd");
           });
         }
 

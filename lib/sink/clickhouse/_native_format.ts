@@ -57,7 +57,7 @@ export interface EncodeNativeOptions {
 const encoder = new TextEncoder();
 
 /** Growable output buffer; strings are the only part whose size is not known up front. */
-class Writer {
+export class Writer {
   buf: Uint8Array;
   view: DataView;
   pos = 0;
@@ -121,7 +121,8 @@ class Writer {
   }
 }
 
-function varUIntSize(n: number): number {
+/** Bytes of `n` as a ClickHouse VarUInt. */
+export function varUIntSize(n: number): number {
   let size = 1;
   while (n >= 0x80) {
     n = Math.floor(n / 0x80);
@@ -249,7 +250,7 @@ const LC_NEED_UPDATE_DICTIONARY = 1n << 10n;
  * appearance in the input, then one index per row in the narrowest unsigned
  * width.
  */
-class LowCardinalityColumn {
+export class LowCardinalityColumn {
   readonly #ids = new Map<string, number>();
   readonly #keys: string[] = [];
   readonly #indexes: Uint32Array;
