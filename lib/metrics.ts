@@ -48,13 +48,13 @@ export interface Metrics {
   onSystemicFailure(failure: SystemicFailure): void;
 }
 
-/** Maps a request result to the `outcome` label: 2xx, 503, 413, 5xx, timeout or unknown. */
+/** Maps a request result to the `outcome` label: 2xx, 503, 413, 4xx, 5xx, timeout or unknown. */
 function outcomeLabel(e: FlushEvent): string {
   if (e.outcome === "ok") return "2xx";
   if (e.outcome === "refused") return e.status === 503 ? "503" : "unknown";
   if (e.outcome === "too_large") return "413";
   if (e.status !== undefined) return e.status >= 500 ? "5xx" : "4xx";
-  return /timed out/.test(e.error ?? "") ? "timeout" : "unknown";
+  return e.code === "timeout" ? "timeout" : "unknown";
 }
 
 /**
@@ -83,6 +83,16 @@ function outcomeLabel(e: FlushEvent): string {
  * assert.match(text, /anonymizer_records_dead_lettered_total\{reason="empty"\} 1/);
  * assert.match(text, /anonymizer_next_request_seconds 12/);
  * assert.match(text, /anonymizer_clickhouse_refusals_in_a_row 0/);
+ *
+ * // Errors are told apart by code, whatever their message says.
+ * metrics.onFlush({
+ *   kind: "insert", outcome: "unknown", durationMs: 30_000, nextSlotAt: 0,
+ *   code: "timeout", error: "no answer",
+ * });
+ * assert.match(
+ *   await metrics.registry.metrics(),
+ *   /anonymizer_clickhouse_requests_total\{kind="insert",outcome="timeout"\} 1/,
+ * );
  * ```
  */
 export function createMetrics(sources: MetricsSources): Metrics {

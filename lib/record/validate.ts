@@ -6,7 +6,7 @@
  * @module
  */
 import { anonymizeAddress, INVALID_ADDRESS } from "./anonymize.ts";
-import { AnonymizerError } from "../errors.ts";
+import { AnonymizerError, type ErrorCode } from "../errors.ts";
 import type { HttpLogRecord, HttpLogRow } from "./types.ts";
 import { CACHE_STATUSES } from "./vocabulary.ts";
 
@@ -47,7 +47,7 @@ export type RowResult =
   | {
     ok: false;
     /** Machine-readable reason, e.g. `"status_out_of_range"`. */
-    code: string;
+    code: ErrorCode;
     /** The offending `HttpLogRecord` field, e.g. `"responseStatus"`. */
     field: string;
     /** One line naming the field and the rule; holds no address or payload text. */
@@ -131,7 +131,7 @@ const MARKER_BYTES = encoder.encode(URL_TRUNCATED_MARKER).length;
  * @param record A decoded record; its `remoteAddr` never reaches the result.
  * @param options Clock and limits.
  * @returns The row and its normalizations, or the rejection.
- * @throws {AnonymizerError} `option_invalid` if an option is out of range.
+ * @throws {AnonymizerError} `invalid_option` if an option is out of range.
  *
  * @example Store a record and reject another
  * ```ts
@@ -253,12 +253,12 @@ function checkOption(name: string, value: number, ok: boolean, rule: string): vo
   if (ok) return;
   throw new AnonymizerError(
     `Cannot validate record as option ${name} ${rule}: current value is ${value}`,
-    { code: "option_invalid" },
+    { code: "invalid_option" },
   );
 }
 
 function reject(
-  code: string,
+  code: ErrorCode,
   field: string,
   rule: string,
   value: bigint | number,

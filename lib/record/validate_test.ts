@@ -470,7 +470,7 @@ Deno.test("toRow() refuses options out of range", () => {
     assert.throws(
       () => toRow(RECORD, options),
       (err) =>
-        err instanceof AnonymizerError && err.code === "option_invalid" && !err.retriable &&
+        err instanceof AnonymizerError && err.code === "invalid_option" && !err.retriable &&
         err.message.startsWith("Cannot validate record as option "),
       JSON.stringify(options),
     );

@@ -15,7 +15,7 @@
  */
 import { getLogger } from "@logtape/logtape";
 import { type Consumer, type EachBatchPayload, Kafka, type KafkaConfig, logLevel } from "kafkajs";
-import { QueueError } from "../errors.ts";
+import { type ErrorCode, QueueError } from "../errors.ts";
 import type { KvQueue, QueueEntry } from "../queue/kv_queue.ts";
 import type { HttpLogRow } from "../record/types.ts";
 import { formatMetadata, parseMetadata, resolvePending, takeOver } from "./_commit_metadata.ts";
@@ -26,7 +26,7 @@ const log = getLogger(["anonymizer", "kafka"]);
 /** The result of turning one message into a row. */
 export type MessageResult =
   | { ok: true; row: HttpLogRow }
-  | { ok: false; code: string; message: string };
+  | { ok: false; code: ErrorCode; message: string };
 
 /** Where a consumer group without committed offsets starts. */
 export type OffsetReset = "earliest" | "latest" | { timestamp: number };
@@ -44,7 +44,7 @@ export interface SourceBatchEvent {
   /** Messages dead-lettered. */
   deadLettered: number;
   /** Dead letters by error code. */
-  deadLetterCodes: Record<string, number>;
+  deadLetterCodes: Partial<Record<ErrorCode, number>>;
   /** Messages between this batch and the partition's high watermark. */
   lag: number;
 }
@@ -70,7 +70,7 @@ export interface DeadLetterMessage {
   /** Original value, unchanged. */
   value: Uint8Array | null;
   /** Machine-readable reason. */
-  code: string;
+  code: ErrorCode;
   /** One line without payload or address. */
   message: string;
 }
@@ -510,10 +510,10 @@ export class KafkaSource {
     received: number,
     skipped: number,
     queued: number,
-    dead: Array<{ code: string }>,
+    dead: Array<{ code: ErrorCode }>,
     lag: string,
   ): void {
-    const deadLetterCodes: Record<string, number> = {};
+    const deadLetterCodes: Partial<Record<ErrorCode, number>> = {};
     for (const d of dead) deadLetterCodes[d.code] = (deadLetterCodes[d.code] ?? 0) + 1;
     this.#status.lag[partition] = Number(lag);
     this.#hooks.onBatch?.({
