@@ -5,7 +5,8 @@
  * @module
  */
 import { AnonymizerError } from "../lib/errors.ts";
-import { isModern, type SqlRunner } from "../lib/sink/clickhouse/migrate.ts";
+import type { SqlRunner } from "../lib/sink/clickhouse/migrate.ts";
+import { serverProfile } from "../lib/sink/clickhouse/server_version.ts";
 
 /** One ClickHouse engine the bench and tests run SQL on. */
 export interface Engine {
@@ -53,7 +54,7 @@ export async function openHttpEngine(url: string): Promise<Engine> {
     return { data, ms: performance.now() - started };
   };
   const version = (await post("SELECT version() FORMAT TabSeparated", {})).data.trim();
-  const modern = isModern(version);
+  const modern = serverProfile(version).modern;
   const settings: Record<string, string> = modern
     ? {}
     : { allow_experimental_low_cardinality_type: "1" };
@@ -117,7 +118,7 @@ export async function openChdbEngine(
   return {
     label: `chdb ${version}`,
     version,
-    modern: isModern(version),
+    modern: serverProfile(version).modern,
     run,
     close: async () => {
       await writer.close();

@@ -3,6 +3,7 @@ import { AnonymizerError } from "../errors.ts";
 import type { HttpLogRecord, HttpLogRow } from "./types.ts";
 import { type RowResult, toRow, type ToRowOptions, URL_TRUNCATED_MARKER } from "./validate.ts";
 import { CACHE_STATUSES } from "./vocabulary.ts";
+import { seededRandom } from "../../testing/seeded_random.ts";
 
 const NOW = 1_700_000_000_000;
 const DAY = 86_400_000;
@@ -478,10 +479,7 @@ Deno.test("toRow() refuses options out of range", () => {
 });
 
 Deno.test("toRow() never lets the raw address or payload text out", async (t) => {
-  const rand = ((seed: number) => () => {
-    seed = (Math.imul(seed, 1_103_515_245) + 12_345) >>> 0;
-    return seed / 4294967296;
-  })(42);
+  const rand = seededRandom(42);
   const secret = (): string =>
     "S" + Array.from({ length: 8 }, () => String.fromCharCode(97 + rand() * 26)).join("");
   const json = (v: unknown): string =>
