@@ -10,10 +10,12 @@ import type { FlushEvent, Landing, SystemicFailure } from "./flusher.ts";
 import type { KvQueue } from "./queue/kv_queue.ts";
 import type { SourceBatchEvent } from "./source/kafka_source.ts";
 
-/** Live values read at scrape time. */
+/**
+ * Live values of the flusher and the source, read at scrape time. They are
+ * given with {@linkcode Metrics.watch} once both exist, since both report to
+ * the metrics from the start.
+ */
 export interface MetricsSources {
-  /** The queue, for its size and age. */
-  queue: KvQueue;
   /** Seconds until the next allowed request. */
   nextRequestSeconds: () => number;
   /** Lag per partition. */
@@ -36,6 +38,11 @@ export interface MetricsSource {
 export interface Metrics {
   /** The registry to expose. */
   registry: MetricsSource;
+  /**
+   * Reads live values from `sources` from now on; until then the gauges they
+   * feed read 0 (the lag gauge has no series).
+   */
+  watch(sources: MetricsSources): void;
   /** Records a Kafka batch. */
   onBatch(event: SourceBatchEvent): void;
   /** Records a ClickHouse request. */
@@ -58,7 +65,9 @@ function outcomeLabel(e: FlushEvent): string {
 }
 
 /**
- * Creates the metrics, reading live values from `sources` at scrape time.
+ * Creates the metrics, reading the size and age of `queue` at scrape time, and
+ * the flusher's and the source's live values once they are given to
+ * {@linkcode Metrics.watch}.
  *
  * @example
  * ```ts
@@ -68,8 +77,8 @@ function outcomeLabel(e: FlushEvent): string {
  *
  * const dir = await Deno.makeTempDir();
  * await using queue = await openQueue(`${dir}/q.sqlite3`);
- * const metrics = createMetrics({
- *   queue,
+ * const metrics = createMetrics(queue);
+ * metrics.watch({
  *   nextRequestSeconds: () => 12,
  *   lag: () => ({ 0: 5 }),
  *   backpressure: () => false,
@@ -95,7 +104,8 @@ function outcomeLabel(e: FlushEvent): string {
  * );
  * ```
  */
-export function createMetrics(sources: MetricsSources): Metrics {
+export function createMetrics(queue: KvQueue): Metrics {
+  let sources: MetricsSources | null = null;
   const registry = new Registry();
   const consumed = new Counter({
     name: "anonymizer_records_consumed_total",
@@ -141,7 +151,7 @@ export function createMetrics(sources: MetricsSources): Metrics {
     help: "Requests ch-proxy refused in a row; 0 after any other answer",
     registry,
     collect: (g) => {
-      g.set(sources.refusalsInARow?.() ?? 0);
+      g.set(sources?.refusalsInARow?.() ?? 0);
     },
   });
   const systemic = new Counter({
@@ -174,7 +184,7 @@ export function createMetrics(sources: MetricsSources): Metrics {
     help: "Seconds until ch-proxy allows the next request",
     registry,
     collect: (g) => {
-      g.set(Math.max(0, sources.nextRequestSeconds()));
+      g.set(Math.max(0, sources?.nextRequestSeconds() ?? 0));
     },
   });
   new Gauge({
@@ -184,7 +194,7 @@ export function createMetrics(sources: MetricsSources): Metrics {
     registry,
     collect: (g) => {
       g.reset();
-      for (const [p, lag] of Object.entries(sources.lag())) g.set(lag, { partition: p });
+      for (const [p, lag] of Object.entries(sources?.lag() ?? {})) g.set(lag, { partition: p });
     },
   });
   new Gauge({
@@ -192,7 +202,7 @@ export function createMetrics(sources: MetricsSources): Metrics {
     help: "1 while consumption is paused because KV refuses writes (e.g. disk full)",
     registry,
     collect: (g) => {
-      g.set(sources.backpressure() ? 1 : 0);
+      g.set(sources?.backpressure() ? 1 : 0);
     },
   });
   const queueRows = new Gauge({
@@ -222,7 +232,7 @@ export function createMetrics(sources: MetricsSources): Metrics {
     help: "Rows this KV has ever seen confirmed stored (survives restarts)",
     registry,
     collect: async (g) => {
-      const s = await sources.queue.stats();
+      const s = await queue.stats();
       queueRows.set(s.queuedRows + s.sealedRows);
       queueBytes.set(s.queuedBytes);
       oldest.set(s.oldestAgeMs / 1000);
@@ -230,7 +240,7 @@ export function createMetrics(sources: MetricsSources): Metrics {
       let bytes = 0;
       for (const suffix of ["", "-wal", "-shm"]) {
         try {
-          bytes += (await Deno.stat(sources.queue.path + suffix)).size;
+          bytes += (await Deno.stat(queue.path + suffix)).size;
         } catch {
           // The WAL and SHM files exist only while SQLite needs them.
         }
@@ -258,6 +268,9 @@ export function createMetrics(sources: MetricsSources): Metrics {
 
   return {
     registry,
+    watch(live) {
+      sources = live;
+    },
     onBatch(e) {
       consumed.inc({}, e.received - e.skipped);
       skipped.inc({}, e.skipped);

@@ -49,8 +49,6 @@ export interface Service {
   queue: KvQueue;
   /** The metrics registry and hooks. */
   metrics: Metrics;
-  /** Address of the observability listener, if enabled. */
-  observabilityAddr: Deno.NetAddr | null;
   /** Live state of both ends. */
   status(): { source: SourceStatus; flusher: FlusherStatus };
   /**
@@ -113,8 +111,9 @@ export async function startService(config: Config, options: ServiceOptions = {})
       database: config.clickhouseDatabase,
       ...(config.clickhouseEncoding === "auto"
         ? { encoding: readableEncoding(serverVersion, hints?.avoidEncoding) }
-        : { encoding: config.clickhouseEncoding as never }),
+        : { encoding: config.clickhouseEncoding }),
     }));
+  const metrics = createMetrics(queue);
   const flusher = new Flusher(queue, client, {
     pack,
     database: config.clickhouseDatabase,
@@ -133,7 +132,6 @@ export async function startService(config: Config, options: ServiceOptions = {})
     },
     onSystemicFailure: (f) => metrics.onSystemicFailure(f),
   });
-  // The callbacks below run only after start, once `metrics` exists.
   const s = new KafkaSource(config.kafkaBrokers, queue, {
     toRow: (value) =>
       messageToRow(value, {
@@ -149,8 +147,7 @@ export async function startService(config: Config, options: ServiceOptions = {})
     onBatch: (e) => metrics.onBatch(e),
     onOwned: () => flusher.wake(),
   });
-  const metrics = createMetrics({
-    queue,
+  metrics.watch({
     nextRequestSeconds: () => (flusher.status().nextSlotAt - Date.now()) / 1000,
     lag: () => s.status().lag,
     backpressure: () => s.status().backpressure,
@@ -186,7 +183,6 @@ export async function startService(config: Config, options: ServiceOptions = {})
   const service: Service = {
     queue,
     metrics,
-    observabilityAddr: server?.addr ?? null,
     status: () => ({ source: s.status(), flusher: flusher.status() }),
     stop() {
       stopped ??= (async () => {
