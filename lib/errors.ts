@@ -95,7 +95,6 @@ export type ErrorCode =
   | "test_proxy_failed"
   | "test_proxy_port_taken"
   | "test_fault_proxy_failed"
-  | "test_delay_proxy_upstream"
   | "bench_server_failed"
   | "results_invalid";
 

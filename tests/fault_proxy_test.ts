@@ -68,7 +68,7 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   async fn(t) {
-    await using fault = await startFaultProxy({ upstream: new URL(CLICKHOUSE_URL).host });
+    await using fault = await startFaultProxy(new URL(CLICKHOUSE_URL).host);
     // nginx allows one request per 2 s; the service believes 500 ms.
     await using world = await createWorld({
       proxy: { rate: "30r/m", upstream: fault.hostPort },
@@ -149,7 +149,7 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   async fn(t) {
-    await using fault = await startFaultProxy({ upstream: new URL(CLICKHOUSE_URL).host });
+    await using fault = await startFaultProxy(new URL(CLICKHOUSE_URL).host);
     await using world = await createWorld({ proxy: { rate: "120r/m", upstream: fault.hostPort } });
     const events: Event[] = [];
     const service = await startService(worldConfig(world), {

@@ -78,8 +78,7 @@ async function timeoutScenario(t: Deno.TestContext, server: ClickHouseServer | n
   const url = server?.url ?? CLICKHOUSE_URL;
   const query = (sql: string) => clickhouseQuery(sql, { url });
   {
-    await using fault = await startFaultProxy({
-      upstream: new URL(url).host,
+    await using fault = await startFaultProxy(new URL(url).host, {
       delayMs: DELAY_MS,
     });
     let delayed = 0;
