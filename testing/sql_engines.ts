@@ -1,6 +1,6 @@
 /**
- * Private helpers of the benches and tests that run SQL on two ClickHouse engines: a server over
- * HTTP and chDB through `_chdb_runner.py`, with the schema applied as migrate resolves it.
+ * Helpers of the benches and tests that run SQL on two ClickHouse engines: a server over
+ * HTTP and chDB through `chdb_runner.py`, with the schema applied as migrate resolves it.
  *
  * @module
  */
@@ -36,7 +36,7 @@ function sqlFailed(where: string, sql: string, detail: string): AnonymizerError 
  *
  * @example Needs a server
  * ```ts ignore
- * import { openHttpEngine } from "./_engines.ts";
+ * import { openHttpEngine } from "./sql_engines.ts";
  *
  * const engine = await openHttpEngine("http://127.0.0.1:8123");
  * console.log(engine.label, (await engine.run("SELECT 1")).ms);
@@ -84,7 +84,7 @@ async function* readLines(stream: ReadableStream<Uint8Array>): AsyncGenerator<st
  *
  * @example Needs chdb installed
  * ```ts ignore
- * import { openChdbEngine } from "./_engines.ts";
+ * import { openChdbEngine } from "./sql_engines.ts";
  *
  * const engine = await openChdbEngine(await Deno.makeTempDir());
  * console.log(engine.label, engine.modern);
@@ -95,7 +95,7 @@ export async function openChdbEngine(
   sessionDir: string,
   options: { python?: string } = {},
 ): Promise<Engine> {
-  const runner = new URL("./_chdb_runner.py", import.meta.url).pathname;
+  const runner = new URL("./chdb_runner.py", import.meta.url).pathname;
   const child = new Deno.Command(options.python ?? "python3", {
     args: [runner, sessionDir],
     stdin: "piped",
@@ -133,7 +133,7 @@ export async function openChdbEngine(
  *
  * @example Needs a server
  * ```ts ignore
- * import { openHttpEngine, sqlRunner } from "./_engines.ts";
+ * import { openHttpEngine, sqlRunner } from "./sql_engines.ts";
  * import { migrate } from "../lib/sink/clickhouse/migrate.ts";
  *
  * const engine = await openHttpEngine("http://127.0.0.1:8123");
