@@ -30,6 +30,7 @@ import { type Engine, openChdbEngine, openHttpEngine, sqlRunner } from "../testi
 import { migrate } from "../lib/sink/clickhouse/migrate.ts";
 import { recordResults } from "./_results.ts";
 import { stockInsertSql } from "../testing/stock_sql.ts";
+import { freePort } from "../testing/stack.ts";
 
 const TOTALS_VIEWS = ["http_log_totals_1m", "http_log_totals_resource_1h", "http_log_totals_ip_1h"];
 const HOUR = 3600;
@@ -309,13 +310,6 @@ async function benchOne(engine: Engine, size: number, options: BenchOptions) {
     tables_optimized: await tableSizes(engine, database),
     queries: [...settled, ...optimized],
   };
-}
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
 }
 
 /** A private modern server (stack/chdb_server.py) on a temp dir, stopped with SIGTERM. */
