@@ -102,6 +102,12 @@ export interface FaultProxy extends AsyncDisposable {
    * {@linkcode FaultProxy.mode}. Not consulted in mode `"down"`. Default: none.
    */
   rule: ((requestLine: string) => FaultMode | undefined) | null;
+  /**
+   * Sets a {@linkcode FaultProxy.rule} that gives `mode` to the next request
+   * whose request line contains `match`, once; every other request keeps
+   * {@linkcode FaultProxy.mode}.
+   */
+  faultNext(mode: FaultMode, match: string): void;
   /** Every connection so far, oldest first. */
   readonly connections: readonly FaultConnection[];
   /**
@@ -173,6 +179,14 @@ export function startFaultProxy(
     flipOffset: options.flipOffset ?? 64,
     rule: null,
     connections,
+    faultNext(mode, match) {
+      let done = false;
+      proxy.rule = (line) => {
+        if (done || !line.includes(match)) return undefined;
+        done = true;
+        return mode;
+      };
+    },
     waitFor(pred, timeoutMs) {
       return new Promise((resolve, reject) => {
         const check = () => {

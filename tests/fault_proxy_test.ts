@@ -220,14 +220,7 @@ Deno.test({
           : "an INSERT stored but answered 502 is confirmed by a check, not resent",
         async () => {
           const dropAt = Date.now();
-          let dropped = 0;
-          fault.rule = (line) => {
-            if (dropped === 0 && line.includes("INSERT")) {
-              dropped++;
-              return "drop";
-            }
-            return undefined;
-          };
+          fault.faultNext("drop", "INSERT");
           const more = await produceRecords(world, { count: 1_000, seed: 8_303, now: now + 2 });
           records = assertDisjoint(records, more.records);
           assert.equal(await waitForRows(world.database, 3_000, 120_000), 3_000);

@@ -81,15 +81,8 @@ async function timeoutScenario(t: Deno.TestContext, server: ClickHouseServer | n
     await using fault = await startFaultProxy(new URL(url).host, {
       delayMs: DELAY_MS,
     });
-    let delayed = 0;
     // Only the first INSERT is held; everything else, the check included, passes.
-    fault.rule = (line) => {
-      if (delayed === 0 && line.includes("INSERT")) {
-        delayed++;
-        return "delay";
-      }
-      return undefined;
-    };
+    fault.faultNext("delay", "INSERT");
     await using world = await createWorld({
       proxy: { rate: "120r/m", upstream: fault.hostPort },
       env: { CLICKHOUSE_TIMEOUT_MS: String(TIMEOUT_MS), CLICKHOUSE_DEDUP: "auto" },
