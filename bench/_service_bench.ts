@@ -1,8 +1,7 @@
 /**
  * Shared pieces of the end-to-end and backlog benchmarks: the service as a
  * child process whose JSON log is parsed live, per-process CPU and memory from
- * /proc, a switchable TCP forwarder to play an unreachable ClickHouse, and the
- * host facts a figure is only meaningful with.
+ * /proc, and the host facts a figure is only meaningful with.
  *
  * @module
  */
@@ -187,91 +186,6 @@ export class ProcSampler {
   get last(): ProcSample | undefined {
     return this.samples.at(-1);
   }
-}
-
-/** A TCP forwarder on 127.0.0.1 that can play dead. */
-export interface Forwarder extends AsyncDisposable {
-  /** `127.0.0.1:port`, for nginx's `upstream`. */
-  readonly addr: string;
-  /** `"up"` forwards to the upstream; `"down"` accepts and closes at once, so nginx answers 502. */
-  mode: "up" | "down";
-  /** Connections accepted in each mode. */
-  readonly counts: { up: number; down: number };
-  /** Stops listening and closes open connections. */
-  close(): Promise<void>;
-}
-
-/** Starts a {@linkcode Forwarder} to `upstream` (a loopback `host:port`). */
-export function startForwarder(upstream: string): Forwarder {
-  const m = /^(127\.\d+\.\d+\.\d+):(\d+)$/.exec(upstream);
-  if (m === null) throw new Error(`Cannot forward to ${upstream}: only 127.0.0.0/8 host:port`);
-  const target = { hostname: m[1]!, port: Number(m[2]) };
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const open = new Set<Deno.Conn>();
-  const tasks = new Set<Promise<void>>();
-  const handle = async (client: Deno.Conn) => {
-    if (fwd.mode === "down") {
-      fwd.counts.down++;
-      client.close();
-      return;
-    }
-    fwd.counts.up++;
-    open.add(client);
-    let up: Deno.Conn | undefined;
-    try {
-      up = await Deno.connect(target);
-      open.add(up);
-      await Promise.allSettled([
-        client.readable.pipeTo(up.writable),
-        up.readable.pipeTo(client.writable),
-      ]);
-    } catch {
-      // Either side went away; both are closed below.
-    } finally {
-      for (const c of [client, up]) {
-        if (c === undefined) continue;
-        open.delete(c);
-        try {
-          c.close();
-        } catch {
-          // Already closed by a finished pipe.
-        }
-      }
-    }
-  };
-  const accepting = (async () => {
-    try {
-      for await (const conn of listener) {
-        const t = handle(conn);
-        tasks.add(t);
-        t.finally(() => tasks.delete(t));
-      }
-    } catch {
-      // Listener closed.
-    }
-  })();
-  let closing: Promise<void> | undefined;
-  const close = () =>
-    closing ??= (async () => {
-      listener.close();
-      for (const c of open) {
-        try {
-          c.close();
-        } catch {
-          // Already closed.
-        }
-      }
-      await accepting;
-      await Promise.allSettled([...tasks]);
-    })();
-  const fwd: Forwarder = {
-    addr: `127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
-    mode: "up",
-    counts: { up: 0, down: 0 },
-    close,
-    [Symbol.asyncDispose]: close,
-  };
-  return fwd;
 }
 
 /** Deletes Kafka topics a benchmark created (they can hold hundreds of MB). */

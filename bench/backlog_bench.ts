@@ -10,7 +10,7 @@
  * ```
  *
  * Topology: service (child process) → private nginx (600r/m, stock 1 MiB
- * body limit) → a TCP forwarder in this process → ClickHouse. The service
+ * body limit) → the fault proxy (testing/fault_proxy.ts) in this process → ClickHouse. The service
  * starts with the forwarder up, learns the server version, then the forwarder
  * goes down (accepts and closes, so nginx answers 502 and the service keeps
  * retrying its sealed batch), the records are produced as fast as Kafka
@@ -55,8 +55,8 @@ import {
   round,
   rssParts,
   spawnJsonService,
-  startForwarder,
 } from "./_service_bench.ts";
+import { startFaultProxy } from "../testing/fault_proxy.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -83,13 +83,13 @@ const host = hostFacts();
 // Others may edit the work tree while a long run goes on: the service starts from this.
 const code = codeVersion();
 const load = new LoadSampler();
-const forwarder = startForwarder(new URL(CLICKHOUSE_URL).host);
+const forwarder = await startFaultProxy(new URL(CLICKHOUSE_URL).host);
 const world = await createWorld({
-  proxy: { rate: values["proxy-rate"], upstream: forwarder.addr },
+  proxy: { rate: values["proxy-rate"], upstream: forwarder.hostPort },
 });
 const kvPath = world.env.KV_PATH!;
 progress(
-  `world: topic ${world.topic}, database ${world.database}, proxy ${world.proxy.url} → ${forwarder.addr} → ClickHouse, KV ${kvPath}`,
+  `world: topic ${world.topic}, database ${world.database}, proxy ${world.proxy.url} → ${forwarder.hostPort} → ClickHouse, KV ${kvPath}`,
 );
 
 let report: Record<string, unknown> | undefined;
@@ -187,7 +187,7 @@ try {
   const failuresWhileDown = failures;
 
   // ---- Draining phase.
-  forwarder.mode = "up";
+  forwarder.mode = "pass";
   const drainStart = Date.now();
   const flushedBefore = flushed;
   const flushedRowsBefore = flushedRows;
@@ -272,7 +272,7 @@ try {
     rss_at_queued_mb: rssParts(q),
     rss_after_15s_idle_mb: rssParts(idle),
     requests_failed_while_down: failuresWhileDown,
-    upstream_connections_refused: forwarder.counts.down,
+    upstream_connections_refused: forwarder.connections.filter((c) => c.state === "refused").length,
     drain: {
       seconds: round((drainEnd - drainStart) / 1000, 1),
       batches: drainedBatches,

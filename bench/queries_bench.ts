@@ -1,6 +1,6 @@
 /**
  * Times the Grafana dashboard queries of schema/queries/ against N raw rows of the stock
- * distribution (bench/_stock_sql.ts, the SQL twin of tools/synthetic_records.ts), loaded through
+ * distribution (testing/stock_sql.ts, the SQL twin of tools/synthetic_records.ts), loaded through
  * http_log so that the totals views fill, on ClickHouse 18.16 and on a modern server, both over
  * HTTP; chDB in-process is a third, optional engine.
  *
@@ -26,10 +26,11 @@
 import { parseArgs } from "node:util";
 import { AnonymizerError } from "../lib/errors.ts";
 import { bindQuery, type ParamValue, readDashboardQuery } from "../tools/dashboard_query.ts";
-import { type Engine, openChdbEngine, openHttpEngine, sqlRunner } from "./_engines.ts";
+import { type Engine, openChdbEngine, openHttpEngine, sqlRunner } from "../testing/sql_engines.ts";
 import { migrate } from "../lib/sink/clickhouse/migrate.ts";
 import { recordResults } from "./_results.ts";
-import { stockInsertSql } from "./_stock_sql.ts";
+import { stockInsertSql } from "../testing/stock_sql.ts";
+import { freePort } from "../testing/stack.ts";
 
 const TOTALS_VIEWS = ["http_log_totals_1m", "http_log_totals_resource_1h", "http_log_totals_ip_1h"];
 const HOUR = 3600;
@@ -309,13 +310,6 @@ async function benchOne(engine: Engine, size: number, options: BenchOptions) {
     tables_optimized: await tableSizes(engine, database),
     queries: [...settled, ...optimized],
   };
-}
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
 }
 
 /** A private modern server (stack/chdb_server.py) on a temp dir, stopped with SIGTERM. */

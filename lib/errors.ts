@@ -9,10 +9,104 @@
  */
 import { shownValue } from "./redact.ts";
 
+/**
+ * Every machine-readable reason an anonymizer error or a rejected record
+ * carries: a closed set, so metrics labels and dead-letter headers stay
+ * bounded and a caller can switch on them.
+ *
+ * @example
+ * ```ts
+ * import type { ErrorCode } from "./errors.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const code: ErrorCode = "proxy_refused";
+ * assert.equal(code, "proxy_refused");
+ * ```
+ */
+export type ErrorCode =
+  // Settings and start-up.
+  | "config_invalid"
+  | "invalid_option"
+  | "startup_failed"
+  // Kafka messages that cannot be decoded (dead-lettered).
+  | "empty"
+  | "truncated"
+  | "not_capnp"
+  | "invalid_utf8"
+  | "trailing_bytes"
+  | "decode_failed"
+  | "no_decoder"
+  // Records that cannot be stored truthfully (dead-lettered).
+  | "timestamp_zero"
+  | "timestamp_out_of_range"
+  | "timestamp_future"
+  | "timestamp_too_old"
+  | "status_out_of_range"
+  | "resource_id_out_of_range"
+  | "bytes_sent_out_of_range"
+  | "request_time_out_of_range"
+  // Rows ClickHouse rejected (dead-lettered after bisection).
+  | "clickhouse_rejected"
+  // The KV queue.
+  | "disk_full"
+  | "kv_conflict"
+  | "kv_locked"
+  | "kv_open_failed"
+  | "kv_write_failed"
+  | "batch_corrupt"
+  | "batch_missing"
+  | "ids_exhausted"
+  | "too_many_pending"
+  | "row_too_large"
+  // Requests to ClickHouse through ch-proxy.
+  | "proxy_refused"
+  | "proxy_error"
+  | "proxy_unreachable"
+  | "upstream_unavailable"
+  | "too_large"
+  | "body_too_large"
+  | "body_rejected"
+  | "server_rejected"
+  | "server_refused"
+  | "server_failed"
+  | "server_answer_invalid"
+  | "server_version_unsupported"
+  | "timeout"
+  | "connection_lost"
+  | "sql_failed"
+  | "pack_invalid"
+  // Dead-letter replay: a letter that stays in the dead-letter topic.
+  | "dead_letter_kept"
+  // anonymizer status, asking a running instance.
+  | "status_unreachable"
+  | "status_unavailable"
+  // The load generator, demo and dashboard queries (tools/).
+  | "kafka_connect"
+  | "kafka_send"
+  | "encode_invalid"
+  | "query_name_invalid"
+  | "param_missing"
+  // Test and bench helpers (testing/, tests/, bench/).
+  | "test_failed"
+  | "test_config_invalid"
+  | "test_name_invalid"
+  | "test_topic_exists"
+  | "test_kafka_failed"
+  | "test_kafka_evict"
+  | "test_clickhouse_failed"
+  | "test_clickhouse_unreachable"
+  | "test_clickhouse_closed"
+  | "test_clickhouse_port_taken"
+  | "test_proxy_failed"
+  | "test_proxy_port_taken"
+  | "test_fault_proxy_failed"
+  | "bench_server_failed"
+  | "results_invalid";
+
 /** Options accepted by every anonymizer error constructor. */
 export interface AnonymizerErrorOptions {
   /** Machine-readable reason, e.g. `"config_invalid"`. */
-  code: string;
+  code: ErrorCode;
   /** Whether repeating the same operation later may succeed. Default: `false`. */
   retriable?: boolean;
   /** The underlying error, if any. Default: `undefined`. */
@@ -37,7 +131,7 @@ export interface AnonymizerErrorOptions {
  */
 export class AnonymizerError extends Error {
   /** Machine-readable reason. */
-  readonly code: string;
+  readonly code: ErrorCode;
   /** Whether repeating the same operation later may succeed. */
   readonly retriable: boolean;
 
@@ -115,7 +209,7 @@ export class ConfigError extends AnonymizerError {
  */
 export class DecodeError extends AnonymizerError {
   /** Builds a decode error; `options.code` names the kind of bad input. */
-  constructor(message: string, options: { code: string; cause?: unknown }) {
+  constructor(message: string, options: { code: ErrorCode; cause?: unknown }) {
     super(message, { code: options.code, retriable: false, cause: options.cause });
     this.name = "DecodeError";
   }
@@ -162,7 +256,7 @@ export class ClickHouseError extends AnonymizerError {
   constructor(
     message: string,
     options: {
-      code: string;
+      code: ErrorCode;
       outcome: RequestOutcome;
       retriable: boolean;
       status?: number;

@@ -12,7 +12,7 @@
  */
 import { getLogger } from "@logtape/logtape";
 import type { ClickHouseClient } from "./sink/clickhouse/clickhouse_client.ts";
-import { ClickHouseError } from "./errors.ts";
+import { ClickHouseError, type ErrorCode } from "./errors.ts";
 import type { BatchMeta, KvQueue, PackResult } from "./queue/kv_queue.ts";
 import { nextSlotAt } from "./pacer.ts";
 import { SlotSchedule, type SlotYield } from "./slot_schedule.ts";
@@ -62,6 +62,8 @@ export interface FlushEvent {
   nextSlotAt: number;
   /** Error message without payload, when not ok. */
   error?: string | undefined;
+  /** The failure's {@linkcode ErrorCode}, e.g. `"timeout"`, when not ok. */
+  code?: ErrorCode | undefined;
 }
 
 /** A batch confirmed stored. */
@@ -929,6 +931,7 @@ export class Flusher {
       durationMs: Math.round(performance.now() - started),
       nextSlotAt: at,
       error: err?.message,
+      code: err?.code,
     };
     this.#status.last = event;
     if (err !== null) {

@@ -10,10 +10,12 @@ import type { FlushEvent, Landing, SystemicFailure } from "./flusher.ts";
 import type { KvQueue } from "./queue/kv_queue.ts";
 import type { SourceBatchEvent } from "./source/kafka_source.ts";
 
-/** Live values read at scrape time. */
+/**
+ * Live values of the flusher and the source, read at scrape time. They are
+ * given with {@linkcode Metrics.watch} once both exist, since both report to
+ * the metrics from the start.
+ */
 export interface MetricsSources {
-  /** The queue, for its size and age. */
-  queue: KvQueue;
   /** Seconds until the next allowed request. */
   nextRequestSeconds: () => number;
   /** Lag per partition. */
@@ -36,6 +38,11 @@ export interface MetricsSource {
 export interface Metrics {
   /** The registry to expose. */
   registry: MetricsSource;
+  /**
+   * Reads live values from `sources` from now on; until then the gauges they
+   * feed read 0 (the lag gauge has no series).
+   */
+  watch(sources: MetricsSources): void;
   /** Records a Kafka batch. */
   onBatch(event: SourceBatchEvent): void;
   /** Records a ClickHouse request. */
@@ -48,17 +55,19 @@ export interface Metrics {
   onSystemicFailure(failure: SystemicFailure): void;
 }
 
-/** Maps a request result to the `outcome` label: 2xx, 503, 413, 5xx, timeout or unknown. */
+/** Maps a request result to the `outcome` label: 2xx, 503, 413, 4xx, 5xx, timeout or unknown. */
 function outcomeLabel(e: FlushEvent): string {
   if (e.outcome === "ok") return "2xx";
   if (e.outcome === "refused") return e.status === 503 ? "503" : "unknown";
   if (e.outcome === "too_large") return "413";
   if (e.status !== undefined) return e.status >= 500 ? "5xx" : "4xx";
-  return /timed out/.test(e.error ?? "") ? "timeout" : "unknown";
+  return e.code === "timeout" ? "timeout" : "unknown";
 }
 
 /**
- * Creates the metrics, reading live values from `sources` at scrape time.
+ * Creates the metrics, reading the size and age of `queue` at scrape time, and
+ * the flusher's and the source's live values once they are given to
+ * {@linkcode Metrics.watch}.
  *
  * @example
  * ```ts
@@ -68,8 +77,8 @@ function outcomeLabel(e: FlushEvent): string {
  *
  * const dir = await Deno.makeTempDir();
  * await using queue = await openQueue(`${dir}/q.sqlite3`);
- * const metrics = createMetrics({
- *   queue,
+ * const metrics = createMetrics(queue);
+ * metrics.watch({
  *   nextRequestSeconds: () => 12,
  *   lag: () => ({ 0: 5 }),
  *   backpressure: () => false,
@@ -83,9 +92,20 @@ function outcomeLabel(e: FlushEvent): string {
  * assert.match(text, /anonymizer_records_dead_lettered_total\{reason="empty"\} 1/);
  * assert.match(text, /anonymizer_next_request_seconds 12/);
  * assert.match(text, /anonymizer_clickhouse_refusals_in_a_row 0/);
+ *
+ * // Errors are told apart by code, whatever their message says.
+ * metrics.onFlush({
+ *   kind: "insert", outcome: "unknown", durationMs: 30_000, nextSlotAt: 0,
+ *   code: "timeout", error: "no answer",
+ * });
+ * assert.match(
+ *   await metrics.registry.metrics(),
+ *   /anonymizer_clickhouse_requests_total\{kind="insert",outcome="timeout"\} 1/,
+ * );
  * ```
  */
-export function createMetrics(sources: MetricsSources): Metrics {
+export function createMetrics(queue: KvQueue): Metrics {
+  let sources: MetricsSources | null = null;
   const registry = new Registry();
   const consumed = new Counter({
     name: "anonymizer_records_consumed_total",
@@ -131,7 +151,7 @@ export function createMetrics(sources: MetricsSources): Metrics {
     help: "Requests ch-proxy refused in a row; 0 after any other answer",
     registry,
     collect: (g) => {
-      g.set(sources.refusalsInARow?.() ?? 0);
+      g.set(sources?.refusalsInARow?.() ?? 0);
     },
   });
   const systemic = new Counter({
@@ -164,7 +184,7 @@ export function createMetrics(sources: MetricsSources): Metrics {
     help: "Seconds until ch-proxy allows the next request",
     registry,
     collect: (g) => {
-      g.set(Math.max(0, sources.nextRequestSeconds()));
+      g.set(Math.max(0, sources?.nextRequestSeconds() ?? 0));
     },
   });
   new Gauge({
@@ -174,7 +194,7 @@ export function createMetrics(sources: MetricsSources): Metrics {
     registry,
     collect: (g) => {
       g.reset();
-      for (const [p, lag] of Object.entries(sources.lag())) g.set(lag, { partition: p });
+      for (const [p, lag] of Object.entries(sources?.lag() ?? {})) g.set(lag, { partition: p });
     },
   });
   new Gauge({
@@ -182,7 +202,7 @@ export function createMetrics(sources: MetricsSources): Metrics {
     help: "1 while consumption is paused because KV refuses writes (e.g. disk full)",
     registry,
     collect: (g) => {
-      g.set(sources.backpressure() ? 1 : 0);
+      g.set(sources?.backpressure() ? 1 : 0);
     },
   });
   const queueRows = new Gauge({
@@ -212,7 +232,7 @@ export function createMetrics(sources: MetricsSources): Metrics {
     help: "Rows this KV has ever seen confirmed stored (survives restarts)",
     registry,
     collect: async (g) => {
-      const s = await sources.queue.stats();
+      const s = await queue.stats();
       queueRows.set(s.queuedRows + s.sealedRows);
       queueBytes.set(s.queuedBytes);
       oldest.set(s.oldestAgeMs / 1000);
@@ -220,7 +240,7 @@ export function createMetrics(sources: MetricsSources): Metrics {
       let bytes = 0;
       for (const suffix of ["", "-wal", "-shm"]) {
         try {
-          bytes += (await Deno.stat(sources.queue.path + suffix)).size;
+          bytes += (await Deno.stat(queue.path + suffix)).size;
         } catch {
           // The WAL and SHM files exist only while SQLite needs them.
         }
@@ -248,6 +268,9 @@ export function createMetrics(sources: MetricsSources): Metrics {
 
   return {
     registry,
+    watch(live) {
+      sources = live;
+    },
     onBatch(e) {
       consumed.inc({}, e.received - e.skipped);
       skipped.inc({}, e.skipped);

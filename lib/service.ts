@@ -8,7 +8,7 @@ import { dirname, resolve } from "node:path";
 import { getLogger } from "@logtape/logtape";
 import { type Config, secretValues } from "./config.ts";
 import { ClickHouseClient } from "./sink/clickhouse/clickhouse_client.ts";
-import { SlotSchedule } from "./slot_schedule.ts";
+import { SlotSchedule, type SlotYield } from "./slot_schedule.ts";
 import { SlotYieldChannel } from "./source/slot_yields.ts";
 import { Flusher, type FlusherStatus, type FlushEvent, type Packer } from "./flusher.ts";
 import { KafkaSource, type SourceStatus } from "./source/kafka_source.ts";
@@ -55,8 +55,6 @@ export interface Service {
   queue: KvQueue;
   /** The metrics registry and hooks. */
   metrics: Metrics;
-  /** Address of the observability listener, if enabled. */
-  observabilityAddr: Deno.NetAddr | null;
   /** Live state of both ends. */
   status(): { source: SourceStatus; flusher: FlusherStatus };
   /** What `anonymizer status` and the page at `/` show, as `/status.json` serves it. */
@@ -121,8 +119,9 @@ export async function startService(config: Config, options: ServiceOptions = {})
       database: config.clickhouseDatabase,
       ...(config.clickhouseEncoding === "auto"
         ? { encoding: readableEncoding(serverVersion, hints?.avoidEncoding) }
-        : { encoding: config.clickhouseEncoding as never }),
+        : { encoding: config.clickhouseEncoding }),
     }));
+  const metrics = createMetrics(queue);
   const slotSchedule = new SlotSchedule({
     sharing: config.clickhouseSlotSharing,
     spacingMs: config.clickhouseSpacingMs,
@@ -130,9 +129,7 @@ export async function startService(config: Config, options: ServiceOptions = {})
   });
   const yields = config.clickhouseSlotSharing === "off"
     ? null
-    : new SlotYieldChannel(config.kafkaBrokers, (y) => {
-      if (slotSchedule.receive(y)) flusher.wake();
-    }, {
+    : new SlotYieldChannel(config.kafkaBrokers, {
       topic: config.kafkaSlotsTopic,
       groupId: config.kafkaGroupId,
       clientId: config.kafkaClientId,
@@ -166,7 +163,6 @@ export async function startService(config: Config, options: ServiceOptions = {})
     },
     onSystemicFailure: (f) => metrics.onSystemicFailure(f),
   });
-  // The callbacks below run only after start, once `metrics` exists.
   const consumer = kafkaConsumer(config.kafkaBrokers, {
     topic: config.kafkaTopic,
     groupId: config.kafkaGroupId,
@@ -190,8 +186,7 @@ export async function startService(config: Config, options: ServiceOptions = {})
     onOwned: () => flusher.wake(),
     slotSchedule,
   });
-  const metrics = createMetrics({
-    queue,
+  metrics.watch({
     nextRequestSeconds: () => (flusher.status().nextSlotAt - Date.now()) / 1000,
     lag: () => s.status().lag,
     backpressure: () => s.status().backpressure,
@@ -243,7 +238,6 @@ export async function startService(config: Config, options: ServiceOptions = {})
   const service: Service = {
     queue,
     metrics,
-    observabilityAddr: server?.addr ?? null,
     status: () => ({ source: s.status(), flusher: flusher.status() }),
     snapshot: () => takeSnapshot(snapshotParts),
     stop() {
@@ -278,7 +272,10 @@ export async function startService(config: Config, options: ServiceOptions = {})
         retentionMs: config.kafkaDlqRetentionMs,
       }), { brokers, signal: options.signal });
     if (yields !== null) {
-      await untilKafka("start the slot hand-over channel", () => yields.start(), {
+      const handedOver = (y: SlotYield) => {
+        if (slotSchedule.receive(y)) flusher.wake();
+      };
+      await untilKafka("start the slot hand-over channel", () => yields.start(handedOver), {
         brokers,
         signal: options.signal,
       });

@@ -10,6 +10,7 @@
 import { encodeRecord } from "../tools/encode_record.ts";
 import type { HttpLogRecord, HttpLogRow } from "../lib/record/types.ts";
 import { seededRandom } from "./seeded_random.ts";
+import type { ErrorCode } from "../lib/errors.ts";
 
 /** A row as ClickHouse must hold it: the columns anonymizer writes, `batch_id` aside. */
 export type StoredForm = HttpLogRow;
@@ -17,7 +18,7 @@ export type StoredForm = HttpLogRow;
 /** What must become of a message. */
 export type Expected =
   | { outcome: "stored"; row: StoredForm }
-  | { outcome: "dead_lettered"; code: string };
+  | { outcome: "dead_lettered"; code: ErrorCode };
 
 /** One message to produce, with its documented fate. */
 export interface TestMessage {
@@ -111,7 +112,7 @@ function stored(kind: string, r: HttpLogRecord, fields: Partial<StoredForm> = {}
 function dead(
   kind: string,
   value: Uint8Array | null,
-  code: string,
+  code: ErrorCode,
   r: HttpLogRecord | null,
 ): TestMessage {
   return {

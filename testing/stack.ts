@@ -12,7 +12,7 @@
 
 import { type Admin, type Kafka, logLevel } from "kafkajs";
 import { kafkaClient as anonymizerKafkaClient } from "../lib/source/kafka_client.ts";
-import { AnonymizerError } from "../lib/errors.ts";
+import { AnonymizerError, type ErrorCode } from "../lib/errors.ts";
 
 /** Kafka bootstrap brokers, comma-separated. Env `TEST_KAFKA_BROKERS`. Default: `"127.0.0.1:9092"`. */
 export const KAFKA_BROKERS: string = Deno.env.get("TEST_KAFKA_BROKERS") ?? "127.0.0.1:9092";
@@ -261,7 +261,7 @@ export interface FillTemplateOptions {
   /** The template's name in the error, e.g. `"stack/nginx.conf.tmpl"`. Required. */
   name: string;
   /** `code` of the error thrown for a leftover placeholder. Required. */
-  code: string;
+  code: ErrorCode;
 }
 
 /**

@@ -51,8 +51,7 @@ Deno.test({
       loggers: [{ category: ["anonymizer"], lowestLevel: "info", sinks: ["mem"] }],
     });
     assert.ok(await mount(mnt, "3m"), "mount a 3 MiB tmpfs");
-    await using fault = await startFaultProxy({
-      upstream: new URL(CLICKHOUSE_URL).host,
+    await using fault = await startFaultProxy(new URL(CLICKHOUSE_URL).host, {
       mode: "down",
     });
     await using world = await createWorld({

@@ -7,6 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { loadConfig } from "../lib/config.ts";
+import type { ErrorCode } from "../lib/errors.ts";
 import { openQueue } from "../lib/queue/kv_queue.ts";
 import type { HttpLogRecord } from "../lib/record/types.ts";
 import { startService } from "../lib/service.ts";
@@ -29,7 +30,7 @@ const BAD_STATUS = 10;
 const DEAD = OLD + ANCIENT + BAD_STATUS;
 
 /** A record dead-lettered with `code` under the default settings. */
-function deadMessage(code: string, r: HttpLogRecord): TestMessage {
+function deadMessage(code: ErrorCode, r: HttpLogRecord): TestMessage {
   return {
     kind: code,
     value: encodeRecord(r),

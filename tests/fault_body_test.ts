@@ -38,7 +38,7 @@ for (const target of CLICKHOUSE_TARGETS) {
     async fn(t) {
       const clickhouse = { url: target.url };
       const flips = FLIPPED_INSERTS;
-      await using fault = await startFaultProxy({ upstream: new URL(target.url).host });
+      await using fault = await startFaultProxy(new URL(target.url).host);
       fault.rule = (line) => line.includes("INSERT") ? "flip" : "pass";
       await using world = await createWorld({
         prefix: "flip",

@@ -12,7 +12,7 @@
  */
 import assert from "node:assert/strict";
 import { openQueue } from "../lib/queue/kv_queue.ts";
-import { startDelayProxy } from "../testing/delay_proxy.ts";
+import { startFaultProxy } from "../testing/fault_proxy.ts";
 import { evictGroupMembers } from "../testing/kafka_group.ts";
 import {
   assertExactlyOnce,
@@ -26,7 +26,7 @@ import {
 import { openRecordFeed } from "../testing/record_feed.ts";
 import { faultSeed, seededRandom } from "../testing/seeded_random.ts";
 import { assertResentWithToken } from "../testing/query_log.ts";
-import { CLICKHOUSE_TARGET, clickhouseQuery } from "../testing/stack.ts";
+import { CLICKHOUSE_TARGET, CLICKHOUSE_URL, clickhouseQuery } from "../testing/stack.ts";
 import { assertTotalsMatch } from "../testing/totals.ts";
 import { progress } from "../testing/progress.ts";
 
@@ -84,9 +84,12 @@ Deno.test({
     const started = Date.now();
     const elapsed = () => `${((Date.now() - started) / 1000).toFixed(1)} s`;
 
-    await using slow = startDelayProxy({ delayMs: HOLD_MS });
+    await using slow = await startFaultProxy(new URL(CLICKHOUSE_URL).host, {
+      mode: "delay",
+      delayMs: HOLD_MS,
+    });
     await using world = await createWorld({
-      proxy: { upstream: slow.addr, rate: "120r/m" },
+      proxy: { upstream: slow.hostPort, rate: "120r/m" },
       env: { LOG_LEVEL: "debug" },
     });
     await using feed = await openRecordFeed(world.topic, { total: TOTAL, seed });
@@ -98,7 +101,7 @@ Deno.test({
       async () => {
         for (let run = 0; run < KILLS; run++) {
           const mode = plan[run]!;
-          const firstExchange = slow.exchanges.length;
+          const firstExchange = slow.connections.length;
           const svc: ServiceProcess = await spawnService(world, { name: `run-${run}` });
           // Records arrive over ~2 s, so a random kill often lands mid-append or mid-commit.
           const burst = delay(rng() * 3_000).then(() => feed.send(BURST, { rate: BURST_RATE }));
@@ -119,7 +122,7 @@ Deno.test({
             throw err;
           }
           const killedAt = Date.now();
-          const applied = slow.exchanges.some((e) =>
+          const applied = slow.connections.some((e) =>
             e.id > firstExchange && isInsert(e.requestLine) && e.state === "held"
           );
           const status = await svc.kill("SIGKILL");
@@ -157,7 +160,7 @@ Deno.test({
       try {
         await feed.send(TOTAL - feed.sent);
         assert.equal(feed.sent, TOTAL);
-        slow.delayMs = 0;
+        slow.mode = "pass";
         assert.equal(await waitForRows(world.database, TOTAL, 180_000), TOTAL);
         const status = await final.kill("SIGTERM");
         logs.push(final.log());

@@ -332,12 +332,7 @@ Deno.test("anonymizer /metrics reports the KV queue as it is at the scrape", asy
   const dir = await Deno.makeTempDir({ prefix: "anonymizer-metrics-" });
   try {
     await using queue = await openQueue(`${dir}/queue.kv`);
-    const metrics = createMetrics({
-      queue,
-      nextRequestSeconds: () => 0,
-      lag: () => ({}),
-      backpressure: () => false,
-    });
+    const metrics = createMetrics(queue);
     const row = stockRows(1, 1)[0]!;
     await t.step("an empty queue scrapes as 0 rows", async () => {
       assert.equal(gauge(await metrics.registry.metrics(), "anonymizer_queue_rows"), 0);

@@ -68,7 +68,7 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   async fn(t) {
-    await using fault = await startFaultProxy({ upstream: new URL(CLICKHOUSE_URL).host });
+    await using fault = await startFaultProxy(new URL(CLICKHOUSE_URL).host);
     // nginx allows one request per 2 s; the service believes 500 ms.
     await using world = await createWorld({
       proxy: { rate: "30r/m", upstream: fault.hostPort },
@@ -149,7 +149,7 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   async fn(t) {
-    await using fault = await startFaultProxy({ upstream: new URL(CLICKHOUSE_URL).host });
+    await using fault = await startFaultProxy(new URL(CLICKHOUSE_URL).host);
     await using world = await createWorld({ proxy: { rate: "120r/m", upstream: fault.hostPort } });
     const events: Event[] = [];
     const service = await startService(worldConfig(world), {
@@ -220,14 +220,7 @@ Deno.test({
           : "an INSERT stored but answered 502 is confirmed by a check, not resent",
         async () => {
           const dropAt = Date.now();
-          let dropped = 0;
-          fault.rule = (line) => {
-            if (dropped === 0 && line.includes("INSERT")) {
-              dropped++;
-              return "drop";
-            }
-            return undefined;
-          };
+          fault.faultNext("drop", "INSERT");
           const more = await produceRecords(world, { count: 1_000, seed: 8_303, now: now + 2 });
           records = assertDisjoint(records, more.records);
           assert.equal(await waitForRows(world.database, 3_000, 120_000), 3_000);

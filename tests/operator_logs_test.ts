@@ -160,6 +160,7 @@ Deno.test("Flusher logs at info an unknown outcome resolved by a token resend, a
 Deno.test("Flusher diagnoses 503s in a row once, naming CLICKHOUSE_SPACING_MS, and counts them", async (t) => {
   const records = await captureLogs();
   await using queue = await queueWithRows();
+  const metrics = createMetrics(queue);
   const seenInARow: number[] = [];
   let flusher: Flusher | null = null;
   let during = "";
@@ -178,8 +179,7 @@ Deno.test("Flusher diagnoses 503s in a row once, naming CLICKHOUSE_SPACING_MS, a
     refusalRetryMs: 10,
     onEvent: (e) => metrics.onFlush(e),
   });
-  const metrics = createMetrics({
-    queue,
+  metrics.watch({
     nextRequestSeconds: () => 0,
     lag: () => ({}),
     backpressure: () => false,

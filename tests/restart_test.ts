@@ -5,7 +5,7 @@
  * ClickHouse back, the rows land from KV, exactly once.
  */
 import assert from "node:assert/strict";
-import { startDelayProxy } from "../testing/delay_proxy.ts";
+import { startFaultProxy } from "../testing/fault_proxy.ts";
 import { groupOffsets } from "../testing/kafka_group.ts";
 import {
   assertExactlyOnce,
@@ -20,6 +20,7 @@ import {
 } from "../testing/pipeline.ts";
 import type { HttpLogRecord } from "../lib/record/types.ts";
 import { progress } from "../testing/progress.ts";
+import { CLICKHOUSE_URL } from "../testing/stack.ts";
 
 const COUNT = 10_000;
 
@@ -51,8 +52,8 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   async fn(t) {
-    await using link = startDelayProxy();
-    await using world = await createWorld({ proxy: { upstream: link.addr, rate: "120r/m" } });
+    await using link = await startFaultProxy(new URL(CLICKHOUSE_URL).host);
+    await using world = await createWorld({ proxy: { upstream: link.hostPort, rate: "120r/m" } });
     let records: HttpLogRecord[] = [];
 
     const first = await spawnService(world, { name: "first", metrics: true });
@@ -105,7 +106,7 @@ Deno.test({
     await t.step(
       "ClickHouse is back: the restarted service stores every row exactly once",
       async () => {
-        link.mode = "up";
+        link.mode = "pass";
         const second = await spawnService(world, { name: "second", metrics: true });
         try {
           assert.equal(await waitForRows(world.database, COUNT, 120_000), COUNT);

@@ -8,7 +8,7 @@
  * Replay the random stop times with `FAULT_SEED=<seed printed on stderr>`.
  */
 import assert from "node:assert/strict";
-import { startDelayProxy } from "../testing/delay_proxy.ts";
+import { startFaultProxy } from "../testing/fault_proxy.ts";
 import { evictGroupMembers } from "../testing/kafka_group.ts";
 import {
   assertExactlyOnce,
@@ -22,7 +22,7 @@ import {
 } from "../testing/pipeline.ts";
 import { faultSeed, seededRandom } from "../testing/seeded_random.ts";
 import { assertResentWithToken, TOKEN_PATH } from "../testing/query_log.ts";
-import { clickhouseQuery } from "../testing/stack.ts";
+import { CLICKHOUSE_URL, clickhouseQuery } from "../testing/stack.ts";
 import { progress } from "../testing/progress.ts";
 
 /** Sends SIGTERM and returns the exit status and how long the exit took, ms. */
@@ -106,9 +106,10 @@ Deno.test({
   async fn(t) {
     const COUNT = 5_000;
     const GRACE_MS = 2_000;
-    await using slow = startDelayProxy({ delayMs: 120_000 });
+    // The version check goes first: its answer passes at once.
+    await using slow = await startFaultProxy(new URL(CLICKHOUSE_URL).host, { delayMs: 120_000 });
     await using world = await createWorld({
-      proxy: { upstream: slow.addr, rate: "120r/m" },
+      proxy: { upstream: slow.hostPort, rate: "120r/m" },
       env: {
         SHUTDOWN_GRACE_MS: String(GRACE_MS),
         CLICKHOUSE_TIMEOUT_MS: "300000",
@@ -116,14 +117,12 @@ Deno.test({
       },
     });
     const { records } = await produceRecords(world, { count: COUNT, seed: 77 });
-    // The version check goes first: let its answer through at once.
-    slow.delayMs = 0;
     const svc = await spawnService(world, { name: "slow" });
     let batch = { id: "", rows: 0 };
     try {
       await t.step("ClickHouse applies an INSERT whose answer is held back", async () => {
         await slow.waitFor((e) => e.status === 200 && e.state === "delivered", 30_000);
-        slow.delayMs = 120_000;
+        slow.mode = "delay";
         const sent = await svc.waitForLog(/Sending INSERT of batch "(\d+)": (\d+) rows/, {
           timeoutMs: 60_000,
         });
@@ -156,7 +155,7 @@ Deno.test({
             new RegExp(`Request "insert" for batch "${batch.id}" failed \\("unknown"\\)`),
           );
           assert.match(svc.log(), /Stopped cleanly/);
-          const held = slow.exchanges.filter((e) => isInsert(e.requestLine));
+          const held = slow.connections.filter((e) => isInsert(e.requestLine));
           assert.deepEqual(held.map((e) => e.state), ["dropped"]);
         },
       );
@@ -169,7 +168,7 @@ Deno.test({
         ? "after a restart the batch is resent with its token and dropped, and every row is there once"
         : "after a restart the batch is found stored, not sent again, and every row is there once",
       async () => {
-        slow.delayMs = 0;
+        slow.mode = "pass";
         const again = await spawnService(world, { name: "again" });
         try {
           assert.equal(await waitForRows(world.database, COUNT, 120_000), COUNT);
@@ -208,9 +207,12 @@ Deno.test({
   async fn(t) {
     const COUNT = 5_000;
     const GRACE_MS = 5_000;
-    await using slow = startDelayProxy({ delayMs: 1_000 });
+    await using slow = await startFaultProxy(new URL(CLICKHOUSE_URL).host, {
+      mode: "delay",
+      delayMs: 1_000,
+    });
     await using world = await createWorld({
-      proxy: { upstream: slow.addr, rate: "120r/m" },
+      proxy: { upstream: slow.hostPort, rate: "120r/m" },
       env: { SHUTDOWN_GRACE_MS: String(GRACE_MS), LOG_LEVEL: "debug" },
     });
     const { records } = await produceRecords(world, { count: COUNT, seed: 99 });

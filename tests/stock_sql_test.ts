@@ -1,11 +1,11 @@
 /**
- * The benches generate big data server-side with bench/_stock_sql.ts; these checks keep it the
+ * The benches generate big data server-side with testing/stock_sql.ts; these checks keep it the
  * stock distribution of tools/synthetic_records.ts as far as disk is concerned: the same number of
  * rows from each takes the same bytes per row in http_log, within 5%, on each server.
  */
 import assert from "node:assert/strict";
-import { type Engine, openHttpEngine } from "../bench/_engines.ts";
-import { stockInsertSql } from "../bench/_stock_sql.ts";
+import { type Engine, openHttpEngine } from "../testing/sql_engines.ts";
+import { stockInsertSql } from "../testing/stock_sql.ts";
 import { resolveTemplate } from "../lib/sink/clickhouse/migrate.ts";
 import { CLICKHOUSE_TARGETS, uniqueName } from "../testing/stack.ts";
 import { STOCK_NOW, stockRows } from "../testing/stock_rows.ts";

@@ -55,7 +55,7 @@ for (const target of CLICKHOUSE_TARGETS.filter((t) => t.name === "modern")) {
       sanitizeResources: false,
       async fn(t) {
         const clickhouse = { url: target.url };
-        await using fault = await startFaultProxy({ upstream: new URL(target.url).host });
+        await using fault = await startFaultProxy(new URL(target.url).host);
         await using world = await createWorld({
           prefix: "toolarge",
           clickhouse,

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { bindQuery, type ParamValue, readDashboardQuery } from "../tools/dashboard_query.ts";
-import { type Engine, openHttpEngine, sqlRunner } from "../bench/_engines.ts";
+import { type Engine, openHttpEngine, sqlRunner } from "../testing/sql_engines.ts";
 import { CLICKHOUSE_URL, uniqueName } from "../testing/stack.ts";
 import { migrate } from "../lib/sink/clickhouse/migrate.ts";
 

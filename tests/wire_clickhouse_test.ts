@@ -4,7 +4,7 @@
  * server, one per run of the test matrix.
  */
 import assert from "node:assert/strict";
-import { type Engine, openHttpEngine } from "../bench/_engines.ts";
+import { type Engine, openHttpEngine } from "../testing/sql_engines.ts";
 import { resolveTemplate } from "../lib/sink/clickhouse/migrate.ts";
 import {
   packBatch,

@@ -1,7 +1,7 @@
 /**
  * The stock edge producer's value distributions, shared by the TypeScript
  * generator (synthetic_records.ts) and the server-side SQL generator of the
- * benches (bench/_stock_sql.ts), so both draw from one definition.
+ * benches (testing/stock_sql.ts), so both draw from one definition.
  *
  * @module
  */

@@ -1,18 +1,7 @@
 import assert from "node:assert/strict";
 import { isIPv4, isIPv6 } from "node:net";
 import { anonymizeAddress, INVALID_ADDRESS } from "./anonymize.ts";
-
-/** mulberry32: small, seeded, and good enough to spread test inputs. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seededRandom } from "../../testing/seeded_random.ts";
 
 Deno.test("anonymizeAddress() masks the last IPv4 octet", async (t) => {
   const cases: [string, string][] = [
@@ -214,7 +203,7 @@ function randomGroup(rand: () => number): number {
 }
 
 Deno.test("anonymizeAddress() never reveals more than it may, for 100k random inputs", async (t) => {
-  const rand = prng(0x5eed);
+  const rand = seededRandom(0x5eed);
   const pick = (s: string): string => s[Math.floor(rand() * s.length)]!;
   const N = 100_000;
   const counts = { ipv4: 0, ipv6: 0, mutated: 0, text: 0, valid: 0 };

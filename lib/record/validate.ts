@@ -5,8 +5,8 @@
  *
  * @module
  */
-import { anonymizeAddress, INVALID_ADDRESS } from "./anonymize.ts";
-import { AnonymizerError } from "../errors.ts";
+import { anonymizeAddress } from "./anonymize.ts";
+import { AnonymizerError, type ErrorCode } from "../errors.ts";
 import type { HttpLogRecord, HttpLogRow } from "./types.ts";
 import { CACHE_STATUSES } from "./vocabulary.ts";
 
@@ -33,23 +33,19 @@ export interface ToRowOptions {
 }
 
 /**
- * What {@linkcode toRow} made of a record: a row to store, with the names of
- * the normalizations applied to it, or the reason to dead-letter it.
+ * What {@linkcode toRow} made of a record: a row to store, or the reason to
+ * dead-letter it.
  */
 export type RowResult =
   | {
     ok: true;
     /** The row to insert; `remoteAddr` is masked. */
     row: HttpLogRow;
-    /** Codes of the changes made to the record's values, e.g. `"url_truncated"`; empty if none. */
-    normalized: string[];
   }
   | {
     ok: false;
     /** Machine-readable reason, e.g. `"status_out_of_range"`. */
-    code: string;
-    /** The offending `HttpLogRecord` field, e.g. `"responseStatus"`. */
-    field: string;
+    code: ErrorCode;
     /** One line naming the field and the rule; holds no address or payload text. */
     message: string;
   };
@@ -125,13 +121,12 @@ const MARKER_BYTES = encoder.encode(URL_TRUNCATED_MARKER).length;
  * unknown methods and cache statuses become `"OTHER"` (an empty method
  * `"UNKNOWN"`) so the LowCardinality columns stay bounded, URLs are cut to
  * `maxUrlBytes` and have control characters percent-encoded, and an
- * unparsable address is stored as {@linkcode INVALID_ADDRESS}. Each such
- * change is named in `normalized`.
+ * unparsable address is stored as `INVALID_ADDRESS` (see {@linkcode anonymizeAddress}).
  *
  * @param record A decoded record; its `remoteAddr` never reaches the result.
  * @param options Clock and limits.
- * @returns The row and its normalizations, or the rejection.
- * @throws {AnonymizerError} `option_invalid` if an option is out of range.
+ * @returns The row, or the rejection.
+ * @throws {AnonymizerError} `invalid_option` if an option is out of range.
  *
  * @example Store a record and reject another
  * ```ts
@@ -154,12 +149,11 @@ const MARKER_BYTES = encoder.encode(URL_TRUNCATED_MARKER).length;
  * assert.equal(stored.row.timestamp, 1_700_000_000);
  * assert.equal(stored.row.method, "GET");
  * assert.equal(stored.row.remoteAddr, "1.2.3.X");
- * assert.deepEqual(stored.normalized, ["method_case"]);
  *
  * const rejected = toRow({ ...record, responseStatus: 42 }, { now: 1_700_000_000_000 });
  * assert.ok(!rejected.ok);
  * assert.equal(rejected.code, "status_out_of_range");
- * assert.equal(rejected.field, "responseStatus");
+ * assert.match(rejected.message, /^Cannot store record as responseStatus /);
  * ```
  */
 export function toRow(record: HttpLogRecord, options: ToRowOptions = {}): RowResult {
@@ -220,18 +214,6 @@ export function toRow(record: HttpLogRecord, options: ToRowOptions = {}): RowRes
     if (value < 0n || value > MAX_UINT64) return reject(code, field, "must fit in UInt64", value);
   }
 
-  const normalized: string[] = [];
-  const method = normalizeToken(record.method, METHODS, "method", normalized);
-  const cacheStatus = normalizeToken(
-    record.cacheStatus,
-    KNOWN_CACHE_STATUSES,
-    "cache_status",
-    normalized,
-  );
-  const url = normalizeUrl(record.url, maxUrlBytes, normalized);
-  const remoteAddr = anonymizeAddress(record.remoteAddr);
-  if (remoteAddr === INVALID_ADDRESS) normalized.push("remote_addr_invalid");
-
   return {
     ok: true,
     row: {
@@ -240,12 +222,11 @@ export function toRow(record: HttpLogRecord, options: ToRowOptions = {}): RowRes
       bytesSent: record.bytesSent,
       requestTimeMilli: record.requestTimeMilli,
       responseStatus: status,
-      cacheStatus,
-      method,
-      remoteAddr,
-      url,
+      cacheStatus: normalizeToken(record.cacheStatus, KNOWN_CACHE_STATUSES),
+      method: normalizeToken(record.method, METHODS),
+      remoteAddr: anonymizeAddress(record.remoteAddr),
+      url: normalizeUrl(record.url, maxUrlBytes),
     },
-    normalized,
   };
 }
 
@@ -253,12 +234,12 @@ function checkOption(name: string, value: number, ok: boolean, rule: string): vo
   if (ok) return;
   throw new AnonymizerError(
     `Cannot validate record as option ${name} ${rule}: current value is ${value}`,
-    { code: "option_invalid" },
+    { code: "invalid_option" },
   );
 }
 
 function reject(
-  code: string,
+  code: ErrorCode,
   field: string,
   rule: string,
   value: bigint | number,
@@ -266,7 +247,6 @@ function reject(
   return {
     ok: false,
     code,
-    field,
     message: `Cannot store record as ${field} ${rule}: current value is ${value}`,
   };
 }
@@ -275,29 +255,17 @@ function reject(
  * Maps `value` onto `known` after ASCII upper-casing. Unicode case mapping is
  * avoided on purpose: it turns "poſt" into "POST".
  */
-function normalizeToken(
-  value: string,
-  known: ReadonlySet<string>,
-  prefix: string,
-  normalized: string[],
-): string {
+function normalizeToken(value: string, known: ReadonlySet<string>): string {
   if (known.has(value)) return value;
-  if (value === "") {
-    normalized.push(`${prefix}_empty`);
-    return "UNKNOWN";
-  }
+  if (value === "") return "UNKNOWN";
   if (value.length <= MAX_KNOWN_TOKEN_LENGTH) {
     let upper = "";
     for (let i = 0; i < value.length; i++) {
       const c = value.charCodeAt(i);
       upper += String.fromCharCode(c >= 0x61 && c <= 0x7a ? c - 0x20 : c);
     }
-    if (known.has(upper)) {
-      normalized.push(`${prefix}_case`);
-      return upper;
-    }
+    if (known.has(upper)) return upper;
   }
-  normalized.push(`${prefix}_unknown`);
   return "OTHER";
 }
 
@@ -313,7 +281,7 @@ function isHighSurrogate(c: number): boolean {
   return c >= 0xd800 && c <= 0xdbff;
 }
 
-function normalizeUrl(url: string, maxBytes: number, normalized: string[]): string {
+function normalizeUrl(url: string, maxBytes: number): string {
   // Every UTF-16 code unit takes at least one UTF-8 byte, so at most maxBytes
   // units can survive; cutting first bounds the work for a huge URL. A pair
   // split by the cut would look like a lone surrogate, so the cut avoids it.
@@ -331,10 +299,7 @@ function normalizeUrl(url: string, maxBytes: number, normalized: string[]): stri
   }
   if (!clean) {
     // Lone surrogates would silently become U+FFFD on the way to UTF-8.
-    if (!out.isWellFormed()) {
-      out = out.toWellFormed();
-      normalized.push("url_ill_formed");
-    }
+    if (!out.isWellFormed()) out = out.toWellFormed();
     let encoded = "";
     let from = 0;
     for (let i = 0; i < out.length; i++) {
@@ -343,10 +308,7 @@ function normalizeUrl(url: string, maxBytes: number, normalized: string[]): stri
       encoded += out.slice(from, i) + encodeURIComponent(out[i]!);
       from = i + 1;
     }
-    if (from > 0) {
-      out = encoded + out.slice(from);
-      normalized.push("url_control_chars");
-    }
+    if (from > 0) out = encoded + out.slice(from);
   }
   if (!cut) {
     // A UTF-16 code unit takes at most 3 UTF-8 bytes, which settles most URLs
@@ -357,7 +319,6 @@ function normalizeUrl(url: string, maxBytes: number, normalized: string[]): stri
   const room = new Uint8Array(maxBytes - MARKER_BYTES);
   // encodeInto never splits a character, so `read` ends on a boundary.
   const { read } = encoder.encodeInto(out, room);
-  normalized.push("url_truncated");
   return out.slice(0, read) + URL_TRUNCATED_MARKER;
 }
 

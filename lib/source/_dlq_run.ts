@@ -162,7 +162,7 @@ export async function runDlq(
         batch.set(context.offset, verdict);
         return verdict.outcome === "replayed"
           ? { ok: true, row: verdict.row }
-          : { ok: false, code: verdict.code, message: "" };
+          : { ok: false, code: "dead_letter_kept", message: verdict.code };
       },
       // What still fails is in the DLQ already: it is never written there again.
       deadLetters: { send: () => Promise.resolve() },

@@ -17,7 +17,7 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import { QueueError } from "../errors.ts";
+import { type ErrorCode, QueueError } from "../errors.ts";
 import type { KvQueue, QueueEntry } from "../queue/kv_queue.ts";
 import type { HttpLogRow } from "../record/types.ts";
 import { formatMetadata, parseMetadata, resolvePending, takeOver } from "./_commit_metadata.ts";
@@ -29,7 +29,7 @@ const log = getLogger(["anonymizer", "kafka"]);
 /** The result of turning one message into a row. */
 export type MessageResult =
   | { ok: true; row: HttpLogRow }
-  | { ok: false; code: string; message: string };
+  | { ok: false; code: ErrorCode; message: string };
 
 /** Counters the source reports after each Kafka batch. */
 export interface SourceBatchEvent {
@@ -44,7 +44,7 @@ export interface SourceBatchEvent {
   /** Messages dead-lettered. */
   deadLettered: number;
   /** Dead letters by error code. */
-  deadLetterCodes: Record<string, number>;
+  deadLetterCodes: Partial<Record<ErrorCode, number>>;
   /** Messages between this batch and the partition's high watermark. */
   lag: number;
 }
@@ -60,7 +60,7 @@ export interface DeadLetterMessage {
   /** Original value, unchanged. */
   value: Uint8Array | null;
   /** Machine-readable reason. */
-  code: string;
+  code: ErrorCode;
   /** One line without payload or address. */
   message: string;
 }
@@ -136,7 +136,7 @@ export interface SourceStatus {
  * await using queue = await openQueue(`${dir}/q.sqlite3`);
  * const source = new KafkaSource(kafkaConsumer(["127.0.0.1:9092"], { topic: "http_log" }), {
  *   queue,
- *   toRow: () => ({ ok: false, code: "example", message: "rejects everything" }),
+ *   toRow: () => ({ ok: false, code: "no_decoder", message: "rejects everything" }),
  *   deadLetters: { send: () => Promise.resolve() },
  * });
  * assert.equal(source.status().joined, false);
@@ -422,10 +422,10 @@ export class KafkaSource {
     received: number,
     skipped: number,
     queued: number,
-    dead: Array<{ code: string }>,
+    dead: Array<{ code: ErrorCode }>,
     lag: number,
   ): void {
-    const deadLetterCodes: Record<string, number> = {};
+    const deadLetterCodes: Partial<Record<ErrorCode, number>> = {};
     for (const d of dead) deadLetterCodes[d.code] = (deadLetterCodes[d.code] ?? 0) + 1;
     this.#status.lag[partition] = lag;
     this.#hooks.onBatch?.({

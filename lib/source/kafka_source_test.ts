@@ -113,7 +113,7 @@ class FakeConsumer implements SourceConsumer {
 /** Rows for values `row N`; `bad` is refused, as a message that fails validation. */
 function toRow(value: Uint8Array | null): MessageResult {
   const text = new TextDecoder().decode(value ?? new Uint8Array());
-  if (!text.startsWith("row ")) return { ok: false, code: "invalid_capnp", message: "not a row" };
+  if (!text.startsWith("row ")) return { ok: false, code: "not_capnp", message: "not a row" };
   const row: HttpLogRow = {
     timestamp: 1_700_000_000,
     resourceId: BigInt(text.slice(4)),
@@ -190,7 +190,7 @@ Deno.test("KafkaSource appends a batch's rows, dead-letters the invalid, then co
   });
   await t.step("the invalid message goes to the dead letters unchanged", () => {
     assert.deepEqual(s.deadLetters.map((d) => [d.partition, d.offset, d.code, d.key]), [
-      [0, "7", "invalid_capnp", null],
+      [0, "7", "not_capnp", null],
     ]);
     assert.equal(new TextDecoder().decode(s.deadLetters[0]!.value!), "bad");
   });
@@ -212,7 +212,7 @@ Deno.test("KafkaSource appends a batch's rows, dead-letters the invalid, then co
       skipped: 0,
       queued: 9,
       deadLettered: 1,
-      deadLetterCodes: { invalid_capnp: 1 },
+      deadLetterCodes: { not_capnp: 1 },
       lag: 3,
     }]);
     assert.deepEqual(s.source.status().lag, { 0: 3 });

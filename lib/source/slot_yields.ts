@@ -38,25 +38,19 @@ const RETENTION_MS = 3_600_000;
  * import { SlotYieldChannel } from "./slot_yields.ts";
  * import assert from "node:assert/strict";
  *
- * const channel = new SlotYieldChannel(["127.0.0.1:9092"], () => {});
+ * const channel = new SlotYieldChannel(["127.0.0.1:9092"]);
  * assert.equal(channel.topic, "anonymizer_slots");
  * ```
  */
 export class SlotYieldChannel {
   readonly #kafka: Kafka;
-  readonly #onYield: (y: SlotYield) => void;
   readonly #topic: string;
   readonly #groupId: string;
   #producer: Producer | null = null;
   #consumer: Consumer | null = null;
 
-  /** A channel on `brokers`, calling `onYield` for every hand-over read. */
-  constructor(
-    brokers: string[],
-    onYield: (y: SlotYield) => void,
-    options: SlotYieldChannelOptions = {},
-  ) {
-    this.#onYield = onYield;
+  /** A channel on `brokers`; nothing connects until {@linkcode SlotYieldChannel.start}. */
+  constructor(brokers: string[], options: SlotYieldChannelOptions = {}) {
     this.#topic = options.topic ?? "anonymizer_slots";
     this.#groupId = `${options.groupId ?? "anonymizer"}-slots-${crypto.randomUUID()}`;
     this.#kafka = kafkaClient(brokers, {
@@ -71,8 +65,11 @@ export class SlotYieldChannel {
     return this.#topic;
   }
 
-  /** Creates the topic if missing, then starts reading from its end. */
-  async start(): Promise<void> {
+  /**
+   * Creates the topic if missing, then reads it from its end, calling
+   * `onYield` for every hand-over.
+   */
+  async start(onYield: (y: SlotYield) => void): Promise<void> {
     const admin = this.#kafka.admin();
     await admin.connect();
     try {
@@ -103,7 +100,7 @@ export class SlotYieldChannel {
         if (y === null) {
           log.warn("Ignoring a malformed slot hand-over on {topic}", { topic: this.#topic });
         } else {
-          this.#onYield(y);
+          onYield(y);
         }
         return Promise.resolve();
       },

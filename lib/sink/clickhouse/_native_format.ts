@@ -7,6 +7,7 @@
  */
 
 import type { HttpLogRow } from "../../record/types.ts";
+import { ByteWriter } from "../../binary/byte_writer.ts";
 
 /** One column of the INSERT: its name in `http_log` and the type sent on the wire. */
 export interface NativeColumn {
@@ -54,83 +55,6 @@ export interface EncodeNativeOptions {
   order?: ArrayLike<number>;
 }
 
-const encoder = new TextEncoder();
-
-/** Growable output buffer; strings are the only part whose size is not known up front. */
-export class Writer {
-  buf: Uint8Array;
-  view: DataView;
-  pos = 0;
-
-  constructor(capacity: number) {
-    this.buf = new Uint8Array(capacity);
-    this.view = new DataView(this.buf.buffer);
-  }
-
-  reserve(n: number): void {
-    if (this.pos + n <= this.buf.length) return;
-    const next = new Uint8Array(Math.max(this.buf.length * 2, this.pos + n));
-    // All of it: the fixed-width columns are written ahead of `pos`.
-    next.set(this.buf);
-    this.buf = next;
-    this.view = new DataView(next.buffer);
-  }
-
-  varUInt(n: number): void {
-    this.reserve(10);
-    while (n >= 0x80) {
-      this.buf[this.pos++] = (n & 0x7f) | 0x80;
-      n = Math.floor(n / 0x80);
-    }
-    this.buf[this.pos++] = n;
-  }
-
-  string(s: string): void {
-    // n UTF-16 units encode to between n and 3n bytes. Leave room for the
-    // length prefix of the ASCII case and shift the bytes only when non-ASCII
-    // text needs a longer prefix.
-    this.reserve(s.length * 3 + 10);
-    const prefix = varUIntSize(s.length);
-    if (this.#ascii(s, this.pos + prefix)) {
-      this.varUInt(s.length);
-      this.pos += s.length;
-      return;
-    }
-    const { written } = encoder.encodeInto(s, this.buf.subarray(this.pos + prefix));
-    const need = varUIntSize(written);
-    if (need !== prefix) {
-      this.buf.copyWithin(this.pos + need, this.pos + prefix, this.pos + prefix + written);
-    }
-    this.varUInt(written);
-    this.pos += written;
-  }
-
-  /**
-   * Copies `s` to `at` if it is ASCII, which nearly every value is, and says
-   * whether it did: for short strings that beats a TextEncoder call. What it
-   * copied of a non-ASCII `s` is overwritten.
-   */
-  #ascii(s: string, at: number): boolean {
-    const buf = this.buf;
-    for (let i = 0; i < s.length; i++) {
-      const c = s.charCodeAt(i);
-      if (c >= 0x80) return false;
-      buf[at + i] = c;
-    }
-    return true;
-  }
-}
-
-/** Bytes of `n` as a ClickHouse VarUInt. */
-export function varUIntSize(n: number): number {
-  let size = 1;
-  while (n >= 0x80) {
-    n = Math.floor(n / 0x80);
-    size++;
-  }
-  return size;
-}
-
 /**
  * Encodes `rows` as one Native block with the columns of
  * {@linkcode NATIVE_COLUMNS}. Rows must already be validated: values outside
@@ -166,7 +90,7 @@ export function encodeNative(
 
   const widths = [4, 8, 8, 8, 2];
   const offsets: number[] = [];
-  let end = 1 + varUIntSize(n);
+  let end = 1 + ByteWriter.varUIntSize(n);
   for (let c = 0; c < widths.length; c++) {
     offsets.push(end + headerBytes(c));
     end = offsets[c]! + widths[c]! * n;
@@ -181,7 +105,7 @@ export function encodeNative(
       row.url.length;
     longest = Math.max(longest, row.url.length, row.remoteAddr.length);
   }
-  const w = new Writer(fixedEnd + textUnits + 40 * n + 3 * longest + 512);
+  const w = new ByteWriter({ capacity: fixedEnd + textUnits + 40 * n + 3 * longest + 512 });
   const view = w.view;
   const cache = new LowCardinalityColumn(n);
   const method = new LowCardinalityColumn(n);
@@ -232,7 +156,7 @@ function headerBytes(c: number): number {
   return 1 + name.length + 1 + type.length;
 }
 
-function header(w: Writer, c: number): void {
+function header(w: ByteWriter, c: number): void {
   const column = NATIVE_COLUMNS[c]!;
   w.string(column.name);
   w.string(column.type);
@@ -269,7 +193,7 @@ export class LowCardinalityColumn {
     this.#indexes[position] = id;
   }
 
-  write(w: Writer): void {
+  write(w: ByteWriter): void {
     const n = this.#indexes.length;
     const keys = this.#keys;
     const width = keys.length <= 0x100 ? 0 : keys.length <= 0x10000 ? 1 : 2;

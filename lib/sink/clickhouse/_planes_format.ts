@@ -12,12 +12,8 @@
  */
 
 import type { HttpLogRow } from "../../record/types.ts";
-import {
-  LowCardinalityColumn,
-  NATIVE_COLUMNS,
-  type NativeColumn,
-  Writer,
-} from "./_native_format.ts";
+import { ByteWriter } from "../../binary/byte_writer.ts";
+import { LowCardinalityColumn, NATIVE_COLUMNS, type NativeColumn } from "./_native_format.ts";
 
 /** Integer columns sent as byte planes, with their width in bytes. */
 const PLANED: readonly (readonly [name: string, width: number])[] = [
@@ -175,7 +171,7 @@ export function encodePlanes(
     textUnits += row.url.length + row.cacheStatus.length + row.method.length;
   }
 
-  const w = new Writer(40 * n + textUnits + 2048);
+  const w = new ByteWriter({ capacity: 40 * n + textUnits + 2048 });
   let column = 0;
   const header = () => {
     const { name, type } = PLANES_COLUMNS[column++]!;

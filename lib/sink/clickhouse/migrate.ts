@@ -29,25 +29,9 @@ export interface SchemaStatement {
 }
 
 /**
- * Whether `version` is a modern server (23.3 or later): codecs, TTL and Native
- * type conversion. Throws as {@linkcode serverProfile} does for a release
- * anonymizer does not know.
- *
- * @example
- * ```ts
- * import { isModern } from "./migrate.ts";
- * import assert from "node:assert/strict";
- *
- * assert.equal(isModern("18.16.1"), false);
- * assert.equal(isModern("23.3.1.2823"), true);
- * ```
- */
-export function isModern(version: string): boolean {
-  return serverProfile(version).modern;
-}
-
-/**
- * Resolves a schema template for a server of `version`.
+ * Resolves a schema template for a server of `version`: `/*+modern ... *\/`
+ * blocks (codecs, TTL) are kept where {@linkcode serverProfile} calls the
+ * server modern, and dropped otherwise.
  *
  * @example
  * ```ts
@@ -65,7 +49,7 @@ export function resolveTemplate(
   template: string,
   options: { database: string; version: string },
 ): string {
-  const modern = isModern(options.version);
+  const modern = serverProfile(options.version).modern;
   return template
     .replaceAll("{{database}}", options.database)
     .replace(/\/\*\+modern([\s\S]*?)\*\//g, (_, body: string) => modern ? body : "");
@@ -177,7 +161,7 @@ export async function migrate(
   let requests = 1;
   const existing = new Set(tables);
   const created: string[] = [];
-  const settings: Record<string, string> = isModern(version)
+  const settings: Record<string, string> = serverProfile(version).modern
     ? {}
     : { allow_experimental_low_cardinality_type: "1" };
   log.info("ClickHouse {version}; {missing} of {total} objects missing in {database}", {

@@ -1,6 +1,6 @@
 """Serves SQL to one persistent chDB session over JSON lines, for the Deno bench and tests.
 
-Usage: python3 bench/_chdb_runner.py SESSION_DIR
+Usage: python3 testing/chdb_runner.py SESSION_DIR
 
 Each stdin line is {"sql": "...", "format": "TSV"}; each stdout line answers it with
 {"ok": true, "data": "...", "elapsed_ms": 1.2} or {"ok": false, "error": "..."}.

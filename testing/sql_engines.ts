@@ -1,11 +1,12 @@
 /**
- * Private helpers of the benches and tests that run SQL on two ClickHouse engines: a server over
- * HTTP and chDB through `_chdb_runner.py`, with the schema applied as migrate resolves it.
+ * Helpers of the benches and tests that run SQL on two ClickHouse engines: a server over
+ * HTTP and chDB through `chdb_runner.py`, with the schema applied as migrate resolves it.
  *
  * @module
  */
 import { AnonymizerError } from "../lib/errors.ts";
-import { isModern, type SqlRunner } from "../lib/sink/clickhouse/migrate.ts";
+import type { SqlRunner } from "../lib/sink/clickhouse/migrate.ts";
+import { serverProfile } from "../lib/sink/clickhouse/server_version.ts";
 
 /** One ClickHouse engine the bench and tests run SQL on. */
 export interface Engine {
@@ -35,7 +36,7 @@ function sqlFailed(where: string, sql: string, detail: string): AnonymizerError 
  *
  * @example Needs a server
  * ```ts ignore
- * import { openHttpEngine } from "./_engines.ts";
+ * import { openHttpEngine } from "./sql_engines.ts";
  *
  * const engine = await openHttpEngine("http://127.0.0.1:8123");
  * console.log(engine.label, (await engine.run("SELECT 1")).ms);
@@ -53,7 +54,7 @@ export async function openHttpEngine(url: string): Promise<Engine> {
     return { data, ms: performance.now() - started };
   };
   const version = (await post("SELECT version() FORMAT TabSeparated", {})).data.trim();
-  const modern = isModern(version);
+  const modern = serverProfile(version).modern;
   const settings: Record<string, string> = modern
     ? {}
     : { allow_experimental_low_cardinality_type: "1" };
@@ -83,7 +84,7 @@ async function* readLines(stream: ReadableStream<Uint8Array>): AsyncGenerator<st
  *
  * @example Needs chdb installed
  * ```ts ignore
- * import { openChdbEngine } from "./_engines.ts";
+ * import { openChdbEngine } from "./sql_engines.ts";
  *
  * const engine = await openChdbEngine(await Deno.makeTempDir());
  * console.log(engine.label, engine.modern);
@@ -94,7 +95,7 @@ export async function openChdbEngine(
   sessionDir: string,
   options: { python?: string } = {},
 ): Promise<Engine> {
-  const runner = new URL("./_chdb_runner.py", import.meta.url).pathname;
+  const runner = new URL("./chdb_runner.py", import.meta.url).pathname;
   const child = new Deno.Command(options.python ?? "python3", {
     args: [runner, sessionDir],
     stdin: "piped",
@@ -117,7 +118,7 @@ export async function openChdbEngine(
   return {
     label: `chdb ${version}`,
     version,
-    modern: isModern(version),
+    modern: serverProfile(version).modern,
     run,
     close: async () => {
       await writer.close();
@@ -132,7 +133,7 @@ export async function openChdbEngine(
  *
  * @example Needs a server
  * ```ts ignore
- * import { openHttpEngine, sqlRunner } from "./_engines.ts";
+ * import { openHttpEngine, sqlRunner } from "./sql_engines.ts";
  * import { migrate } from "../lib/sink/clickhouse/migrate.ts";
  *
  * const engine = await openHttpEngine("http://127.0.0.1:8123");

@@ -40,7 +40,7 @@ const list = (values: readonly (string | number)[]) =>
  *
  * @example
  * ```ts
- * import { stockInsertSql } from "./_stock_sql.ts";
+ * import { stockInsertSql } from "./stock_sql.ts";
  * import assert from "node:assert/strict";
  *
  * const sql = stockInsertSql("db.http_log", 1000, { last: 1_700_000_000 });
