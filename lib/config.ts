@@ -9,6 +9,7 @@ import { parseArgs } from "node:util";
 import { ConfigError } from "./errors.ts";
 import type { OffsetReset } from "./source/kafka_source.ts";
 import type { WireEncoding } from "./sink/clickhouse/pack_batch.ts";
+import { DEFAULT_SPACING_MS } from "./pacer.ts";
 
 /** The validated configuration of `anonymizer run`. */
 export interface Config {
@@ -296,7 +297,7 @@ export const SETTINGS: readonly Setting[] = [
     env: "CLICKHOUSE_SPACING_MS",
     flag: "clickhouse-spacing-ms",
     key: "clickhouseSpacingMs",
-    default: "62500",
+    default: String(DEFAULT_SPACING_MS),
     help: "Minimum spacing between requests, ms (stock ch-proxy: 62500)",
     parse: int(1),
   },
