@@ -74,3 +74,21 @@ export async function checkUnknown(
   );
   return "resend";
 }
+
+/** Says that resolving the unknown outcome of `batch` starts, and how: by a `check`, or a token resend. */
+export function logResolving(batch: BatchMeta, check: boolean): void {
+  log.info(
+    "Batch {batchId} ({rows} rows, {attempts} sends) has an unknown outcome (state {state}: " +
+      "{lastError}); resolving it by {how}",
+    {
+      batchId: String(batch.id),
+      rows: batch.rows,
+      attempts: batch.attempts,
+      state: batch.state,
+      lastError: batch.lastError ?? "the process stopped during the send",
+      how: check
+        ? "a check SELECT of its rows (one slot)"
+        : "resending it with its insert_deduplication_token",
+    },
+  );
+}

@@ -11,7 +11,13 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import type { AnonymizerError, RequestOutcome } from "./errors.ts";
+import type { AnonymizerError } from "./errors.ts";
+import {
+  type FlushEvent,
+  type Landing,
+  type RequestKind,
+  RequestReports,
+} from "./_request_reports.ts";
 import type { BatchMeta, KvQueue } from "./queue/kv_queue.ts";
 import { Pacer } from "./pacer.ts";
 import type { HttpLogRow } from "./record/types.ts";
@@ -22,58 +28,14 @@ import {
   resendOrSplit,
   type SystemicFailure,
 } from "./_rejections.ts";
-import { checkUnknown } from "./_unknown_outcome.ts";
-import { type Clock, systemClock } from "./_clock.ts";
+import { checkUnknown, logResolving } from "./_unknown_outcome.ts";
+import { Alarm, type Clock, systemClock } from "./_clock.ts";
 
 export { BISECTION_BREAKER_SHARE, type PoisonSource, type SystemicFailure } from "./_rejections.ts";
 export type { Clock } from "./_clock.ts";
+export type { FlushEvent, Landing, RequestKind } from "./_request_reports.ts";
 
 const log = getLogger(["anonymizer", "flusher"]);
-
-/**
- * Refusals in a row after which one error diagnoses them: one can be a
- * neighbour's request landing just before ours; three in a row are a pattern.
- */
-const REFUSALS_BEFORE_DIAGNOSIS = 3;
-
-/** What a request to the sink was for. */
-export type RequestKind = "insert" | "check" | "version" | "repair";
-
-/** One request's result, for logs and metrics. */
-export interface FlushEvent {
-  /** What the request was for. */
-  kind: RequestKind;
-  /** `"ok"`, or the failure's outcome: `"refused"`, `"too_large"`, `"rejected"`, `"unknown"`. */
-  outcome: "ok" | RequestOutcome;
-  /** HTTP status, if a response came. */
-  status?: number | undefined;
-  /** Batch id, for insert/check/repair. */
-  batchId?: bigint | undefined;
-  /** Rows in the batch. */
-  rows?: number | undefined;
-  /** Body bytes. */
-  bytes?: number | undefined;
-  /** Request duration, ms. */
-  durationMs: number;
-  /** Earliest time (ms) of the next request. */
-  nextSlotAt: number;
-  /** Error message without payload, when not ok. */
-  error?: string | undefined;
-}
-
-/** A batch confirmed stored. */
-export interface Landing {
-  /** Batch id. */
-  batchId: bigint;
-  /** Rows stored. */
-  rows: number;
-  /** Body bytes. */
-  bytes: number;
-  /** Age of the batch's oldest row when confirmed, ms. */
-  latencyMs: number;
-  /** How it was confirmed. */
-  via: "insert" | "check";
-}
 
 /** Live state for progress displays and metrics. */
 export interface FlusherStatus {
@@ -91,9 +53,9 @@ export interface FlusherStatus {
 
 /** Options of {@linkcode Flusher}. */
 export interface FlusherOptions {
-  /** Minimum spacing between accepted requests, ms. Default: the {@linkcode Pacer}'s. */
+  /** Minimum spacing between accepted requests, ms. Default: the pacer's `DEFAULT_SPACING_MS`. */
   spacingMs?: number;
-  /** Margin added to the spacing, ms. Default: the {@linkcode Pacer}'s, `750`. */
+  /** Margin added to the spacing, ms. Default: `750`. */
   marginMs?: number;
   /**
    * Wait after a 503 before trying again, ms. Default: `5_000`. Not a
@@ -156,17 +118,10 @@ export class Flusher {
   readonly #opts: FlusherOptions & { sealLeadMs: number; candidateRows: number; bodyLimit: number };
   #stopping = false;
   #loop: Promise<void> | null = null;
-  #wakers = new Set<AbortController>();
-  /** A wake that came while the loop was not sleeping (e.g. sealing): the next sleep ends at once. */
-  #woken = false;
+  readonly #alarm: Alarm;
   #inflight: AbortController | null = null;
-  #status: FlusherStatus = {
-    nextSlotAt: 0,
-    inflight: false,
-    serverVersion: null,
-    last: null,
-    refusalsInARow: 0,
-  };
+  readonly #reports: RequestReports;
+  #nextSlotAt = 0;
   /** The batch whose unknown outcome is being resolved, and the slots spent on it so far. */
   #resolving: { id: bigint; slots: number } | null = null;
   #bytesPerRow = 0;
@@ -177,6 +132,7 @@ export class Flusher {
     this.#queue = queue;
     this.#sink = sink;
     this.#clock = options.clock ?? systemClock;
+    this.#alarm = new Alarm(this.#clock);
     this.#pacer = new Pacer(queue, {
       spacingMs: options.spacingMs,
       marginMs: options.marginMs,
@@ -184,6 +140,7 @@ export class Flusher {
       now: this.#clock.now,
     });
     this.#rejections = new Rejections(queue, options);
+    this.#reports = new RequestReports(this.#pacer.spacingMs, this.#clock.now, options);
     this.#opts = {
       ...options,
       sealLeadMs: options.sealLeadMs ?? 1_500,
@@ -194,7 +151,13 @@ export class Flusher {
 
   /** Live state. */
   status(): FlusherStatus {
-    return { ...this.#status };
+    return {
+      nextSlotAt: this.#nextSlotAt,
+      inflight: this.#inflight !== null,
+      serverVersion: this.#profile?.version ?? null,
+      last: this.#reports.last,
+      refusalsInARow: this.#reports.refusalsInARow,
+    };
   }
 
   /** Starts the send loop. */
@@ -204,9 +167,7 @@ export class Flusher {
 
   /** Ends any wait early: new owned rows, or the cron watchdog. */
   wake(): void {
-    if (this.#wakers.size === 0) this.#woken = true;
-    for (const w of this.#wakers) w.abort();
-    this.#wakers.clear();
+    this.#alarm.wake();
   }
 
   /**
@@ -246,7 +207,7 @@ export class Flusher {
       } catch (err) {
         failures++;
         log.error("Flusher step failed, retrying: {error}", { error: String(err), failures });
-        await this.#sleep(Math.min(30_000, 500 * 2 ** failures));
+        await this.#alarm.sleep(Math.min(30_000, 500 * 2 ** failures));
       }
     }
   }
@@ -273,20 +234,18 @@ export class Flusher {
       this.#profile = this.#sink.useVersion(version);
     } catch (err) {
       this.#profile = null;
-      this.#status.serverVersion = null;
       log.error("{error}; rows stay queued, and the version is checked again in 10 minutes", {
         error: err instanceof Error ? err.message : String(err),
         url: this.#sink.target,
       });
       return false;
     }
-    this.#status.serverVersion = this.#profile.version;
     return true;
   }
 
   async #slot(): Promise<number> {
     const at = await this.#pacer.nextSlot();
-    this.#status.nextSlotAt = at;
+    this.#nextSlotAt = at;
     return at;
   }
 
@@ -297,7 +256,7 @@ export class Flusher {
       const r = await this.#paced("version", {}, (signal) => this.#sink.probeVersion(signal));
       if (!("value" in r)) return;
       if (!this.#learnVersion(r.value)) {
-        await this.#sleep(600_000);
+        await this.#alarm.sleep(600_000);
         return;
       }
       await this.#queue.setServer({ version: this.#profile!.version, checkedAt: this.#now() });
@@ -309,7 +268,7 @@ export class Flusher {
       if (!await this.#sleepUntil((await this.#slot()) - this.#opts.sealLeadMs)) return;
       batch = await this.#seal();
       if (batch === null) {
-        await this.#sleep(60_000);
+        await this.#alarm.sleep(60_000);
         return;
       }
     }
@@ -319,20 +278,7 @@ export class Flusher {
     const check = profile.dedup === "check" || batch.tooLarge === true;
     if (batch.state !== "sealed" && this.#resolving?.id !== batch.id) {
       this.#resolving = { id: batch.id, slots: 0 };
-      log.info(
-        "Batch {batchId} ({rows} rows, {attempts} sends) has an unknown outcome (state {state}: " +
-          "{lastError}); resolving it by {how}",
-        {
-          batchId: String(batch.id),
-          rows: batch.rows,
-          attempts: batch.attempts,
-          state: batch.state,
-          lastError: batch.lastError ?? "the process stopped during the send",
-          how: check
-            ? "a check SELECT of its rows (one slot)"
-            : "resending it with its insert_deduplication_token",
-        },
-      );
+      logResolving(batch, check);
     }
     if (batch.state !== "sealed" && check) {
       await this.#check(batch);
@@ -419,26 +365,7 @@ export class Flusher {
   }
 
   #emitLanded(batch: BatchMeta, started: number, via: Landing["via"]): void {
-    const latencyMs = this.#now() - batch.oldestEnqueuedAt;
-    this.#opts.onLanded?.({
-      batchId: batch.id,
-      rows: batch.rows,
-      bytes: batch.bytes,
-      latencyMs,
-      via,
-    });
-    log.info(
-      "Flushed batch {batchId}: {rows} rows, {bytes} bytes, outcome ok, next slot in {nextSlotS} s",
-      {
-        batchId: String(batch.id),
-        rows: batch.rows,
-        bytes: batch.bytes,
-        outcome: "ok",
-        durationMs: this.#now() - started,
-        nextSlotS: Math.max(0, Math.round((this.#status.nextSlotAt - this.#now()) / 1000)),
-        latencyMs,
-      },
-    );
+    this.#reports.landed(batch, { started, via, nextSlotAt: this.#nextSlotAt });
   }
 
   /**
@@ -452,7 +379,6 @@ export class Flusher {
     send: (signal: AbortSignal) => Promise<T>,
   ): Promise<{ value: T } | { failure: SinkFailure }> {
     this.#inflight = new AbortController();
-    this.#status.inflight = true;
     const started = performance.now();
     const signal = this.#inflight.signal;
     try {
@@ -464,70 +390,13 @@ export class Flusher {
       if ((r.ok || r.slotUsed) && this.#resolving !== null && this.#resolving.id === batch.id) {
         this.#resolving.slots++;
       }
-      this.#countRefusal(failure);
-      await this.#report(kind, batch, started, failure);
+      this.#reports.record(kind, batch, started, failure, await this.#slot());
       if (r.ok) return { value: r.value };
       if (failure === null) throw r.error;
       return { failure };
     } finally {
       this.#inflight = null;
-      this.#status.inflight = false;
     }
-  }
-
-  /**
-   * Keeps the count of refusals in a row; at the third, logs the one error
-   * that says what an operator can do about them.
-   */
-  #countRefusal(failure: SinkFailure | null): void {
-    if (failure?.rateLimited !== true) {
-      this.#status.refusalsInARow = 0;
-      return;
-    }
-    this.#status.refusalsInARow++;
-    if (this.#status.refusalsInARow !== REFUSALS_BEFORE_DIAGNOSIS) return;
-    log.error(
-      "ch-proxy refused {refusals} requests in a row: another client probably shares the " +
-        "proxy's per-IP limit, or CLICKHOUSE_SPACING_MS={spacingMs} is shorter than the proxy's " +
-        "spacing (stock ch-proxy: 62500). Give other clients another source IP, or raise " +
-        "CLICKHOUSE_SPACING_MS to the proxy's rate",
-      { refusals: this.#status.refusalsInARow, spacingMs: this.#pacer.spacingMs },
-    );
-  }
-
-  async #report(
-    kind: RequestKind,
-    batch: Partial<BatchMeta>,
-    started: number,
-    failure: SinkFailure | null,
-  ): Promise<void> {
-    const at = await this.#slot();
-    const event: FlushEvent = {
-      kind,
-      outcome: failure === null ? "ok" : failure.outcome,
-      status: failure === null ? 200 : failure.status,
-      batchId: batch.id,
-      rows: batch.rows,
-      bytes: batch.bytes,
-      durationMs: Math.round(performance.now() - started),
-      nextSlotAt: at,
-      error: failure?.error.message,
-    };
-    this.#status.last = event;
-    if (failure !== null) {
-      log.warn(
-        "Request {kind} for batch {batchId} failed ({outcome}); next slot in {nextSlotS} s: {error}",
-        {
-          kind,
-          batchId: String(batch.id ?? "-"),
-          outcome: failure.outcome,
-          status: failure.status,
-          nextSlotS: Math.max(0, Math.round((at - this.#now()) / 1000)),
-          error: failure.error.message,
-        },
-      );
-    }
-    this.#opts.onEvent?.(event);
   }
 
   #now(): number {
@@ -541,21 +410,7 @@ export class Flusher {
       const wait = at - this.#now();
       if (wait <= 0) return true;
       // A wake ends the sleep early; the loop keeps waiting for the slot.
-      await this.#sleep(wait);
-    }
-  }
-
-  async #sleep(ms: number): Promise<void> {
-    if (this.#woken) {
-      this.#woken = false;
-      return;
-    }
-    const waker = new AbortController();
-    this.#wakers.add(waker);
-    try {
-      await this.#clock.sleep(ms, waker.signal);
-    } finally {
-      this.#wakers.delete(waker);
+      await this.#alarm.sleep(wait);
     }
   }
 }
