@@ -19,7 +19,7 @@ import {
   RequestReports,
 } from "./_request_reports.ts";
 import type { BatchMeta, KvQueue } from "./queue/kv_queue.ts";
-import { Pacer } from "./pacer.ts";
+import { Pacer, slotUsedBy } from "./pacer.ts";
 import type { HttpLogRow } from "./record/types.ts";
 import type { Sink, SinkFailure, SinkProfile } from "./sink/sink.ts";
 import {
@@ -382,10 +382,10 @@ export class Flusher {
     const started = performance.now();
     const signal = this.#inflight.signal;
     try {
-      const r = await this.#pacer.request(() => send(signal), (err) => {
-        const f = this.#sink.classify(err);
-        return f === null || !(f.outcome === "refused" || f.outcome === "too_large");
-      });
+      const r = await this.#pacer.request(
+        () => send(signal),
+        (err) => slotUsedBy(this.#sink.classify(err)?.outcome ?? null),
+      );
       const failure = r.ok ? null : this.#sink.classify(r.error);
       if ((r.ok || r.slotUsed) && this.#resolving !== null && this.#resolving.id === batch.id) {
         this.#resolving.slots++;

@@ -11,6 +11,8 @@
  * @module
  */
 
+import type { RequestOutcome } from "./errors.ts";
+
 /** Spacing of stock ch-proxy between accepted requests, ms: nginx's `1r/m` as 16 per 1000 s. */
 export const DEFAULT_SPACING_MS = 62_500;
 
@@ -77,6 +79,25 @@ export function nextSlotAt(
   const consumed = Math.max(state.lastConsumedAt ?? -Infinity, state.inflightSince ?? -Infinity);
   const refused = lastRefusedAt ?? -Infinity;
   return Math.max(0, consumed + spacing, refused + (options.refusalRetryMs ?? 5_000));
+}
+
+/**
+ * Whether a failed request may have used a proxy slot: every one does but
+ * those the proxy refused (503, or a refused connection) or whose size it
+ * refused (413). `null`, an error nobody classified, counts as used.
+ *
+ * @example
+ * ```ts
+ * import { slotUsedBy } from "./pacer.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(slotUsedBy("refused"), false);
+ * assert.equal(slotUsedBy("unknown"), true);
+ * assert.equal(slotUsedBy(null), true);
+ * ```
+ */
+export function slotUsedBy(outcome: RequestOutcome | null): boolean {
+  return outcome !== "refused" && outcome !== "too_large";
 }
 
 /**

@@ -11,7 +11,7 @@ import { secretValues, settingsHelp } from "../config.ts";
 import { configureLogging } from "../logging.ts";
 import { migrate } from "../sink/clickhouse/migrate.ts";
 import { openQueue } from "../queue/kv_queue.ts";
-import { Pacer } from "../pacer.ts";
+import { Pacer, slotUsedBy } from "../pacer.ts";
 import { configOrExit } from "./run_command.ts";
 import { ClickHouseError } from "../errors.ts";
 
@@ -70,10 +70,8 @@ export async function main(args: string[]): Promise<number> {
     spacingMs: config.clickhouseSpacingMs,
     marginMs: config.clickhouseMarginMs,
   });
-  // The proxy let a request through unless it refused it (503) or its size (413).
   const slotUsed = (err: unknown) =>
-    !(err instanceof ClickHouseError) ||
-    !(err.outcome === "refused" || err.outcome === "too_large");
+    slotUsedBy(err instanceof ClickHouseError ? err.outcome : null);
   const send = async (what: string, request: () => Promise<string>): Promise<string> => {
     for (;;) {
       const at = await pacer.nextSlot();
