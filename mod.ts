@@ -5,7 +5,9 @@
  *
  * The path a record takes: {@linkcode KafkaSource} → {@linkcode decodeRecord}
  * → {@linkcode toRow} / {@linkcode anonymizeAddress} → {@linkcode KvQueue} →
- * {@linkcode Flusher} ({@linkcode packBatch}) → {@linkcode ClickHouseClient}.
+ * {@linkcode Flusher} → {@linkcode ClickHouseSink} ({@linkcode packBatch}) →
+ * {@linkcode ClickHouseClient}. The flusher knows the store only as a
+ * {@linkcode Sink}.
  *
  * @example Mask an address
  * ```ts
@@ -32,6 +34,8 @@ export * from "./lib/pacer.ts";
 export * from "./lib/slot_schedule.ts";
 export * from "./lib/source/slot_yields.ts";
 export * from "./lib/flusher.ts";
+export * from "./lib/sink/sink.ts";
+export * from "./lib/sink/clickhouse/clickhouse_sink.ts";
 export * from "./lib/sink/clickhouse/pack_batch.ts";
 export * from "./lib/sink/clickhouse/clickhouse_client.ts";
 export * from "./lib/sink/clickhouse/migrate.ts";

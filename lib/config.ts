@@ -10,6 +10,7 @@ import { ConfigError } from "./errors.ts";
 import type { OffsetReset } from "./source/kafka_consumer.ts";
 import type { WireEncoding } from "./sink/clickhouse/pack_batch.ts";
 import type { SlotSharing } from "./slot_schedule.ts";
+import { DEFAULT_SPACING_MS } from "./pacer.ts";
 
 /** The validated configuration of `anonymizer run`. */
 export interface Config {
@@ -322,7 +323,7 @@ export const SETTINGS: readonly Setting[] = [
     env: "CLICKHOUSE_SPACING_MS",
     flag: "clickhouse-spacing-ms",
     key: "clickhouseSpacingMs",
-    default: "62500",
+    default: String(DEFAULT_SPACING_MS),
     help: "Minimum spacing between requests, ms (stock ch-proxy: 62500)",
     parse: int(1),
   },

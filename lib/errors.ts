@@ -71,6 +71,7 @@ export type ErrorCode =
   | "server_failed"
   | "server_answer_invalid"
   | "server_version_unsupported"
+  | "server_version_unknown"
   | "timeout"
   | "connection_lost"
   | "sql_failed"

@@ -10,14 +10,14 @@ import { type Config, secretValues } from "./config.ts";
 import { ClickHouseClient } from "./sink/clickhouse/clickhouse_client.ts";
 import { SlotSchedule, type SlotYield } from "./slot_schedule.ts";
 import { SlotYieldChannel } from "./source/slot_yields.ts";
-import { Flusher, type FlusherStatus, type FlushEvent, type Packer } from "./flusher.ts";
+import { ClickHouseSink } from "./sink/clickhouse/clickhouse_sink.ts";
+import { Flusher, type FlusherStatus, type FlushEvent } from "./flusher.ts";
 import { KafkaSource, type SourceStatus } from "./source/kafka_source.ts";
 import { kafkaConsumer } from "./source/kafka_consumer.ts";
 import { type KvQueue, openQueue } from "./queue/kv_queue.ts";
 import { messageToRow } from "./record/message_to_row.ts";
 import { createMetrics, type Metrics } from "./metrics.ts";
 import { serveObservability } from "./observability_server.ts";
-import { packBatch, readableEncoding } from "./sink/clickhouse/pack_batch.ts";
 import { DeadLetterProducer } from "./source/dead_letters.ts";
 import { AnonymizerError } from "./errors.ts";
 import { lockKvPath } from "./queue/kv_lock.ts";
@@ -37,8 +37,6 @@ const KAFKA_RETRY_MAX_MS = 30_000;
 
 /** Options of {@linkcode startService}. */
 export interface ServiceOptions {
-  /** Builds request bodies. Default: {@linkcode packBatch} with the configured limit and encoding. */
-  pack?: Packer;
   /** Called after every ClickHouse request. Default: none. */
   onFlush?: (event: FlushEvent) => void;
   /**
@@ -111,16 +109,6 @@ export async function startService(config: Config, options: ServiceOptions = {})
     scrub: secretScrubber(secretValues(config)),
     ...kafkaAuth,
   });
-  const pack: Packer = options.pack ?? ((rows, batchId, serverVersion, hints) =>
-    packBatch(rows, {
-      batchId,
-      serverVersion,
-      bodyLimit: config.clickhouseBodyLimit,
-      database: config.clickhouseDatabase,
-      ...(config.clickhouseEncoding === "auto"
-        ? { encoding: readableEncoding(serverVersion, hints?.avoidEncoding) }
-        : { encoding: config.clickhouseEncoding }),
-    }));
   const metrics = createMetrics(queue);
   const slotSchedule = new SlotSchedule({
     sharing: config.clickhouseSlotSharing,
@@ -135,8 +123,13 @@ export async function startService(config: Config, options: ServiceOptions = {})
       clientId: config.kafkaClientId,
       ...kafkaAuth,
     });
-  const flusher = new Flusher(queue, client, {
-    pack,
+  const sink = new ClickHouseSink(client, {
+    database: config.clickhouseDatabase,
+    bodyLimit: config.clickhouseBodyLimit,
+    encoding: config.clickhouseEncoding,
+    dedup: config.clickhouseDedup,
+  });
+  const flusher = new Flusher(queue, sink, {
     slotSchedule,
     onSlotYield: (y) =>
       yields?.publish(y).catch((err) =>
@@ -145,10 +138,8 @@ export async function startService(config: Config, options: ServiceOptions = {})
           error: String(err),
         })
       ),
-    database: config.clickhouseDatabase,
     spacingMs: config.clickhouseSpacingMs,
     marginMs: config.clickhouseMarginMs,
-    dedup: config.clickhouseDedup,
     bodyLimit: config.clickhouseBodyLimit,
     onEvent: (e) => {
       metrics.onFlush(e);

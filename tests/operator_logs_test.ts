@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { configure, getTextFormatter, type LogRecord, reset } from "@logtape/logtape";
 import { ClickHouseClient } from "../lib/sink/clickhouse/clickhouse_client.ts";
 import { Flusher } from "../lib/flusher.ts";
+import { ClickHouseSink } from "../lib/sink/clickhouse/clickhouse_sink.ts";
 import { type KvQueue, openQueue } from "../lib/queue/kv_queue.ts";
 import { createMetrics } from "../lib/metrics.ts";
 import { packBatch } from "../lib/sink/clickhouse/pack_batch.ts";
@@ -77,9 +78,8 @@ Deno.test("Flusher logs at info how a crash's unknown outcome was resolved by a 
   await using server = standIn((_, sql) =>
     /system\.processes/.test(sql) ? ok(`${ROWS}\t0\n`) : new Response("unexpected", { status: 500 })
   );
-  const flusher = new Flusher(queue, new ClickHouseClient(`http://127.0.0.1:${server.addr.port}`), {
-    pack,
-    dedup: "check",
+  const client = new ClickHouseClient(`http://127.0.0.1:${server.addr.port}`);
+  const flusher = new Flusher(queue, new ClickHouseSink(client, { dedup: "check" }), {
     spacingMs: 10,
     marginMs: 0,
   });
@@ -130,9 +130,8 @@ Deno.test("Flusher logs at info an unknown outcome resolved by a token resend, a
   assert.ok(batch !== null);
   await queue.markState(batch.id, "unknown", "Cannot insert batch as the connection was reset");
   await using server = standIn(() => ok());
-  const flusher = new Flusher(queue, new ClickHouseClient(`http://127.0.0.1:${server.addr.port}`), {
-    pack,
-    dedup: "token",
+  const client = new ClickHouseClient(`http://127.0.0.1:${server.addr.port}`);
+  const flusher = new Flusher(queue, new ClickHouseSink(client, { dedup: "token" }), {
     spacingMs: 10,
     marginMs: 0,
   });
@@ -172,8 +171,8 @@ Deno.test("Flusher diagnoses 503s in a row once, naming CLICKHOUSE_SPACING_MS, a
       ? new Response("<html>503 Service Temporarily Unavailable</html>", { status: 503 })
       : ok();
   });
-  flusher = new Flusher(queue, new ClickHouseClient(`http://127.0.0.1:${server.addr.port}`), {
-    pack,
+  const client = new ClickHouseClient(`http://127.0.0.1:${server.addr.port}`);
+  flusher = new Flusher(queue, new ClickHouseSink(client), {
     spacingMs: 10,
     marginMs: 0,
     refusalRetryMs: 10,

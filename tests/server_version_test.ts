@@ -8,8 +8,8 @@
 import assert from "node:assert/strict";
 import { ClickHouseClient } from "../lib/sink/clickhouse/clickhouse_client.ts";
 import { Flusher } from "../lib/flusher.ts";
+import { ClickHouseSink } from "../lib/sink/clickhouse/clickhouse_sink.ts";
 import { openQueue } from "../lib/queue/kv_queue.ts";
-import { packBatch } from "../lib/sink/clickhouse/pack_batch.ts";
 import { stockRows } from "../testing/stock_rows.ts";
 
 interface StandIn extends AsyncDisposable {
@@ -75,10 +75,9 @@ Deno.test("Flusher keeps rows queued when the server's version is unknown, and s
       next: 100n,
     });
     await queue.promote("http_log", 0, 100n);
-    const flusher = new Flusher(queue, new ClickHouseClient(server.url), {
+    const flusher = new Flusher(queue, new ClickHouseSink(new ClickHouseClient(server.url)), {
       spacingMs: 50,
       marginMs: 0,
-      pack: (batch, batchId, serverVersion) => packBatch(batch, { batchId, serverVersion }),
     });
     flusher.start();
     try {

@@ -11,9 +11,9 @@ import { secretValues, settingsHelp } from "../config.ts";
 import { configureLogging } from "../logging.ts";
 import { migrate } from "../sink/clickhouse/migrate.ts";
 import { openQueue } from "../queue/kv_queue.ts";
-import { nextSlotAt } from "../pacer.ts";
+import { Pacer, slotUsedBy } from "../pacer.ts";
 import { configOrExit } from "./run_command.ts";
-import { pacedRequest } from "../_paced_request.ts";
+import { ClickHouseError } from "../errors.ts";
 
 const HELP = `Usage: anonymizer migrate [--direct URL] [options]
 
@@ -66,20 +66,23 @@ export async function main(args: string[]): Promise<number> {
   });
   await Deno.mkdir(dirname(config.kvPath), { recursive: true });
   await using queue = await openQueue(config.kvPath);
-  const pacing = { spacingMs: config.clickhouseSpacingMs, marginMs: config.clickhouseMarginMs };
-  let lastRefusedAt: number | null = null;
+  const pacer = new Pacer(queue, {
+    spacingMs: config.clickhouseSpacingMs,
+    marginMs: config.clickhouseMarginMs,
+  });
+  const slotUsed = (err: unknown) =>
+    slotUsedBy(err instanceof ClickHouseError ? err.outcome : null);
   const send = async (what: string, request: () => Promise<string>): Promise<string> => {
     for (;;) {
-      const at = nextSlotAt({ ...await queue.pacer(), lastRefusedAt }, pacing);
+      const at = await pacer.nextSlot();
       while (Date.now() < at) {
         const left = Math.ceil((at - Date.now()) / 1000);
         console.log(`migrate: ${what}: next request slot in ${left} s`);
         await new Promise((r) => setTimeout(r, Math.min(at - Date.now(), 15_000)));
       }
-      const r = await pacedRequest(queue, request);
+      const r = await pacer.request(request, slotUsed);
       if (r.ok) return r.value;
-      if (r.error.outcome !== "refused") throw r.error;
-      lastRefusedAt = Date.now();
+      if (!(r.error instanceof ClickHouseError) || r.error.outcome !== "refused") throw r.error;
       console.log(`migrate: ${what}: ch-proxy refused the request; retrying`);
     }
   };

@@ -17,6 +17,7 @@
  */
 import { QueueError } from "../errors.ts";
 import type { HttpLogRow } from "../record/types.ts";
+import type { PacerState } from "../pacer.ts";
 import { decodeRows, encodedRowLength, encodeRows } from "./_row_binary.ts";
 import {
   batchKey,
@@ -133,14 +134,6 @@ export interface BatchMeta {
    * unknown outcome: the outcome is resolved by a check before any split.
    */
   tooLarge?: true;
-}
-
-/** Pacing state persisted across restarts. */
-export interface PacerState {
-  /** Send time of the last request that may have used a proxy slot (ms). */
-  lastConsumedAt: number | null;
-  /** Send time of a request whose response is not in yet (ms). */
-  inflightSince: number | null;
 }
 
 /** Queue size figures for metrics and progress. */
