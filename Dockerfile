@@ -37,7 +37,8 @@ ENV KV_PATH=/var/lib/anonymizer/queue.kv \
     NO_COLOR=1
 EXPOSE 9464
 
-# The permissions of the deno.json tasks; the unstable kv and cron APIs come
-# from deno.json's "unstable" list.
-ENTRYPOINT ["deno", "run", "--cached-only", "--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys", "main.ts"]
+# The permissions and V8 heap limits of the deno.json run task (checked by
+# tests/heap_limit_test.ts); the unstable kv and cron APIs come from
+# deno.json's "unstable" list.
+ENTRYPOINT ["deno", "run", "--cached-only", "--v8-flags=--max-old-space-size=96,--max-semi-space-size=4", "--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys", "main.ts"]
 CMD ["run", "--help"]

@@ -5,10 +5,9 @@
  *
  * @module
  */
+import { runTaskFlags } from "./run_task_flags.ts";
 
 const ROOT = new URL("..", import.meta.url);
-/** The permissions of `deno task run`. */
-const PERMISSIONS = ["--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys"];
 
 /** What a run of the CLI printed and returned. */
 export interface CliRun {
@@ -27,7 +26,7 @@ export interface RunCliOptions {
 }
 
 /**
- * Runs `deno run <permissions> main.ts ...args` with only `env` (plus PATH,
+ * Runs `deno run <flags of deno task run> main.ts ...args` with only `env` (plus PATH,
  * HOME, DENO_DIR and XDG_CACHE_HOME) and `NO_COLOR=1`.
  *
  * @example
@@ -50,7 +49,7 @@ export async function runCli(
     return v === undefined ? [] : [[k, v]];
   });
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", ...PERMISSIONS, "main.ts", ...args],
+    args: ["run", ...runTaskFlags(), "main.ts", ...args],
     cwd: ROOT,
     clearEnv: true,
     env: { ...Object.fromEntries(keep), NO_COLOR: "1", ...env },

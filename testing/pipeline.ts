@@ -14,6 +14,7 @@ import { migrate } from "../lib/sink/clickhouse/migrate.ts";
 import { produce, type ProduceOptions, type ProduceSummary } from "../tools/produce.ts";
 import { syntheticRecords } from "../tools/synthetic_records.ts";
 import type { HttpLogRecord } from "../lib/record/types.ts";
+import { runTaskFlags } from "./run_task_flags.ts";
 import {
   CLICKHOUSE_URL,
   clickhouseQuery,
@@ -205,7 +206,7 @@ export interface LogMatch {
 
 /**
  * A service running as a child process (`deno run main.ts run` with the
- * service's permissions), its output kept in memory as it arrives and
+ * flags of `deno task run`), its output kept in memory as it arrives and
  * written through to a log file.
  */
 export interface ServiceProcess {
@@ -263,18 +264,9 @@ export async function spawnService(
   const metricsAddr = options.metrics ? `127.0.0.1:${freePort()}` : null;
   const file = await Deno.open(logPath, { create: true, append: true, write: true });
   const child = new Deno.Command(Deno.execPath(), {
-    // The service's permissions, as `deno task run` grants them.
-    args: [
-      "run",
-      ...(options.denoFlags ?? []),
-      "--allow-net",
-      "--allow-read",
-      "--allow-write",
-      "--allow-env",
-      "--allow-sys",
-      "main.ts",
-      "run",
-    ],
+    // The flags of `deno task run` (permissions, V8 heap limits); a later
+    // --v8-flags in denoFlags overrides the task's.
+    args: ["run", ...runTaskFlags(), ...(options.denoFlags ?? []), "main.ts", "run"],
     cwd: ROOT,
     env: {
       ...world.env,

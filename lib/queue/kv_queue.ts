@@ -43,6 +43,13 @@ const MAX_VALUE_BYTES = 60_000;
 const MAX_COMMIT_BYTES = 700_000;
 /** Most chunks one seal consumes; each is a delete, and Deno KV allows 1000 mutations per commit. */
 const MAX_SEAL_CHUNKS = 900;
+/**
+ * Most RowBinary bytes one seal decodes: 16 MiB is three times what 40,000
+ * stock rows take, and it bounds the V8 heap a seal needs (rows at the 8 KiB
+ * URL limit would otherwise fill 900 chunks, 54 MB, of which a 1 MiB body
+ * holds under 200 rows), so the service's heap limit holds for any input.
+ */
+const MAX_SEAL_ROW_BYTES = 16 * 1_048_576;
 const DAY_SECONDS = 86_400;
 
 /** One row with the Kafka offset it came from. */
@@ -564,6 +571,7 @@ export class KvQueue implements AsyncDisposable {
   async #candidates(candidateRows: number): Promise<Array<Deno.KvEntry<Chunk>>> {
     const taken: Array<Deno.KvEntry<Chunk>> = [];
     let rows = 0;
+    let bytes = 0;
     let day: number | undefined;
     for await (const c of this.#kv.list<Chunk>({ prefix: returnedPrefix() }, { batchSize: 20 })) {
       const first = taken[0]?.value;
@@ -575,7 +583,9 @@ export class KvQueue implements AsyncDisposable {
       day ??= c.value.day;
       taken.push(c);
       rows += c.value.offsets.length;
+      bytes += c.value.rows.byteLength;
       if (rows >= candidateRows || taken.length >= MAX_SEAL_CHUNKS) return taken;
+      if (bytes >= MAX_SEAL_ROW_BYTES) return taken;
     }
     if (taken[0]?.value.isolated) return taken;
 
@@ -592,7 +602,9 @@ export class KvQueue implements AsyncDisposable {
       const first = await it.next();
       if (!first.done) heads.push({ it, head: first.value });
     }
-    while (rows < candidateRows && taken.length < MAX_SEAL_CHUNKS) {
+    while (
+      rows < candidateRows && taken.length < MAX_SEAL_CHUNKS && bytes < MAX_SEAL_ROW_BYTES
+    ) {
       let best: (typeof heads)[number] | undefined;
       for (const h of heads) {
         const c = h.head;
@@ -607,6 +619,7 @@ export class KvQueue implements AsyncDisposable {
       day ??= chunk.value.day;
       taken.push(chunk);
       rows += chunk.value.offsets.length;
+      bytes += chunk.value.rows.byteLength;
       const n = await best.it.next();
       best.head = n.done ? undefined : n.value;
     }
