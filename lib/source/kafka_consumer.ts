@@ -74,13 +74,10 @@ class KafkaConsumer implements SourceConsumer {
       groupId: this.groupId,
       sessionTimeout: 30_000,
       heartbeatInterval: 3_000,
-      // Larger, less frequent fetches make fewer, fuller KV chunks (a seal takes at most 900)
-      // and cost less CPU: each fetch brings a batch per partition, and each batch is a KV
-      // append, a Kafka commit and a promotion. At 200 records/s, 3 s instead of 1 s took the
-      // service from 14 to 9 CPU-ms per second, for at most 3 s of added latency (a batch
-      // waits up to 63 s for its slot anyway).
-      minBytes: 262_144,
-      maxWaitTimeInMs: 3_000,
+      // Larger, less frequent fetches make fewer, fuller KV chunks (a seal takes at most 900),
+      // for at most a second of added latency.
+      minBytes: 65_536,
+      maxWaitTimeInMs: 1_000,
       retry: {
         retries: Number.MAX_SAFE_INTEGER,
         maxRetryTime: 10_000,
