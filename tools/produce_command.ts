@@ -6,7 +6,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { parseHostPort } from "../lib/config.ts";
+import { parseHostPort } from "../lib/host_port.ts";
 import { ConfigError } from "../lib/errors.ts";
 import { produce, type ProduceSummary } from "./produce.ts";
 
