@@ -1,0 +1,263 @@
+/**
+ * Sealing owned rows into the one immutable batch, and unsealing a batch
+ * ClickHouse certainly did not store by handing its rows back.
+ *
+ * @module
+ */
+import { QueueError } from "../errors.ts";
+import type { HttpLogRow } from "../record/types.ts";
+import type { KvStore } from "./_kv_store.ts";
+import { type Chunk, DAY_SECONDS, MAX_VALUE_BYTES, splitRows } from "./_chunk.ts";
+import { decodeRows, encodeRows } from "./_row_binary.ts";
+import { MAX_CHUNKS_PER_COMMIT, type RowChunks } from "./_row_chunks.ts";
+import type { SealedBatch } from "./_sealed_batch.ts";
+import {
+  batchKey,
+  batchPartKey,
+  batchRowsKey,
+  chunkKey,
+  chunkPartitionPrefix,
+  returnedKey,
+  returnedPrefix,
+} from "./_keys.ts";
+import type { BatchMeta, PackResult } from "./types.ts";
+
+/** Builds the body of a batch from a prefix of `rows`, putting `batchId` in every row. */
+export type Packer = (rows: HttpLogRow[], batchId: bigint) => PackResult | Promise<PackResult>;
+
+/** Seals and unseals batches. */
+export class Sealing {
+  readonly #store: KvStore;
+  readonly #chunks: RowChunks;
+  readonly #batch: SealedBatch;
+  readonly #now: () => number;
+
+  constructor(store: KvStore, chunks: RowChunks, batch: SealedBatch, now: () => number) {
+    this.#store = store;
+    this.#chunks = chunks;
+    this.#batch = batch;
+    this.#now = now;
+  }
+
+  /** See {@linkcode KvQueue.seal}. */
+  async seal(pack: Packer, candidateRows: number): Promise<BatchMeta | null> {
+    const current = await this.#batch.batch();
+    if (current !== null) return current;
+    const taken = await this.#candidates(candidateRows);
+    if (taken.length === 0) return null;
+
+    const offered: HttpLogRow[] = [];
+    const perChunk: HttpLogRow[][] = [];
+    for (const c of taken) {
+      const r = decodeRows(c.value.rows);
+      perChunk.push(r);
+      for (const row of r) offered.push(row);
+    }
+    const id = randomBatchId();
+    const packed = await pack(offered, id);
+    if (packed.rowCount < 1 || packed.rowCount > offered.length) {
+      throw new QueueError(
+        `Cannot seal a batch as the packer took ${packed.rowCount} of ${offered.length} rows`,
+        { code: "pack_invalid", retriable: false },
+      );
+    }
+    const rows = offered.slice(0, packed.rowCount);
+    const offsets = new BigInt64Array(rows.length);
+    const partitions = new Int32Array(rows.length);
+    for (let i = 0, n = 0; n < rows.length; i++) {
+      const c = taken[i]!.value;
+      for (let j = 0; j < c.offsets.length && n < rows.length; j++, n++) {
+        offsets[n] = c.offsets[j]!;
+        partitions[n] = c.partitions?.[j] ?? c.partition;
+      }
+    }
+    const parts = splitBytes(packed.body);
+    const rowParts = splitRows(rows, offsets, partitions);
+    await this.#store.setAll([
+      ...parts.map((v, i) => [batchPartKey(id, i), v] as const),
+      ...rowParts.map((v, i) => [batchRowsKey(id, i), v] as const),
+    ], `write batch ${id}`);
+
+    const op = this.#store.kv.atomic().check({ key: batchKey(), versionstamp: null });
+    let remaining = packed.rowCount;
+    let oldestEnqueuedAt = Infinity;
+    for (let i = 0; i < taken.length && remaining > 0; i++) {
+      const c = taken[i]!;
+      const chunkRows = perChunk[i]!;
+      const used = Math.min(remaining, chunkRows.length);
+      oldestEnqueuedAt = Math.min(oldestEnqueuedAt, c.value.enqueuedAt);
+      // No check on the chunk: owned chunks never change, and only the flusher deletes them.
+      op.delete(c.key);
+      if (used < chunkRows.length) {
+        const rest: Chunk = {
+          ...c.value,
+          offsets: c.value.offsets.slice(used),
+          partitions: c.value.partitions?.slice(used),
+          rows: encodeRows(chunkRows.slice(used)),
+        };
+        const key = c.key[1] === "returned"
+          ? c.key
+          : chunkKey(c.value.topic, c.value.partition, BigInt(rest.offsets[0]!));
+        op.set(key, rest);
+      }
+      remaining -= used;
+    }
+    let minTimestamp = Infinity;
+    let maxTimestamp = -Infinity;
+    for (const r of rows) {
+      if (r.timestamp < minTimestamp) minTimestamp = r.timestamp;
+      if (r.timestamp > maxTimestamp) maxTimestamp = r.timestamp;
+    }
+    const meta: BatchMeta = {
+      id,
+      rows: rows.length,
+      bytes: packed.body.byteLength,
+      parts: parts.length,
+      rowParts: rowParts.length,
+      topic: taken[0]!.value.topic,
+      encoding: packed.encoding,
+      query: packed.query,
+      headers: packed.headers,
+      minTimestamp,
+      maxTimestamp,
+      oldestEnqueuedAt,
+      sealedAt: this.#now(),
+      state: "sealed",
+      attempts: 0,
+      isolated: taken[0]!.value.isolated ?? false,
+    };
+    op.set(batchKey(), meta);
+    const res = await this.#store.commit(op, `seal batch ${id}`);
+    if (!res.ok) {
+      // A concurrent seal won; our parts are orphans and go at the next start.
+      return await this.#batch.batch();
+    }
+    return meta;
+  }
+
+  /** Chunks to offer the packer: returned rows first, then owned rows, one UTC day. */
+  async #candidates(candidateRows: number): Promise<Array<Deno.KvEntry<Chunk>>> {
+    const kv = this.#store.kv;
+    const taken: Array<Deno.KvEntry<Chunk>> = [];
+    let rows = 0;
+    let day: number | undefined;
+    for await (const c of kv.list<Chunk>({ prefix: returnedPrefix() }, { batchSize: 20 })) {
+      const first = taken[0]?.value;
+      if (first !== undefined) {
+        // An isolated group (a suspected poison half) is sent on its own, even
+        // when it spans several chunks.
+        if (c.value.day !== day || c.value.isolated !== first.isolated) break;
+      }
+      day ??= c.value.day;
+      taken.push(c);
+      rows += c.value.offsets.length;
+      if (rows >= candidateRows || taken.length >= MAX_CHUNKS_PER_COMMIT) return taken;
+    }
+    if (taken[0]?.value.isolated) return taken;
+
+    const partitions = await this.#chunks.partitions();
+    const committed = new Map<string, bigint>();
+    for (const p of partitions) committed.set(`${p.topic}\u0000${p.partition}`, p.committed);
+    // Per-partition FIFO iterators, merged by enqueue time so no partition starves.
+    const heads: Array<{ it: AsyncIterator<Deno.KvEntry<Chunk>>; head?: Deno.KvEntry<Chunk> }> = [];
+    for (const p of partitions) {
+      const it = kv.list<Chunk>({ prefix: chunkPartitionPrefix(p.topic, p.partition) }, {
+        batchSize: 50,
+      })[Symbol.asyncIterator]();
+      const first = await it.next();
+      if (!first.done) heads.push({ it, head: first.value });
+    }
+    while (rows < candidateRows && taken.length < MAX_CHUNKS_PER_COMMIT) {
+      let best: (typeof heads)[number] | undefined;
+      for (const h of heads) {
+        const c = h.head;
+        if (c === undefined) continue;
+        const owned = committed.get(`${c.value.topic}\u0000${c.value.partition}`) ?? 0n;
+        if (c.value.offsets[c.value.offsets.length - 1]! >= owned) continue;
+        if (day !== undefined && c.value.day !== day) continue;
+        if (best === undefined || c.value.enqueuedAt < best.head!.value.enqueuedAt) best = h;
+      }
+      if (best === undefined) break;
+      const chunk = best.head!;
+      day ??= chunk.value.day;
+      taken.push(chunk);
+      rows += chunk.value.offsets.length;
+      const n = await best.it.next();
+      best.head = n.done ? undefined : n.value;
+    }
+    return taken;
+  }
+
+  /** See {@linkcode KvQueue.unseal}. */
+  async unseal(id: bigint, groupCount: number, isolate: boolean): Promise<void> {
+    const kv = this.#store.kv;
+    const entry = await kv.get<BatchMeta>(batchKey());
+    if (entry.value === null || entry.value.id !== id) return;
+    const meta = entry.value;
+    const { rows, offsets, partitions } = await this.#batch.batchEntries(meta);
+    // Rows an interrupted unseal of this batch returned already would go twice.
+    await this.#store.deleteAll(
+      await this.#batch.returnedFrom(id),
+      `remove rows returned from batch ${id}`,
+    );
+    const groups = Math.max(1, Math.min(groupCount, rows.length));
+    const size = Math.ceil(rows.length / groups);
+    // After any rows still returned, even if the clock stalled or stepped back,
+    // so no earlier returned chunk is overwritten or overtaken.
+    let seqBase = BigInt(this.#now()) * 1_000_000n;
+    const newest = kv.list({ prefix: returnedPrefix() }, { reverse: true, limit: 1 });
+    for await (const { key } of newest) {
+      const seq = key[2] as bigint;
+      if (seq >= seqBase) seqBase = seq + 1n;
+    }
+    const chunks: Array<readonly [Deno.KvKey, Chunk]> = [];
+    for (let g = 0; g < groups; g++) {
+      const from = g * size;
+      const to = Math.min(rows.length, from + size);
+      const groupParts = splitRows(
+        rows.slice(from, to),
+        offsets.slice(from, to),
+        partitions.slice(from, to),
+      );
+      for (const part of groupParts) {
+        chunks.push([returnedKey(seqBase + BigInt(chunks.length)), {
+          ...part,
+          topic: meta.topic,
+          partition: -1,
+          day: Math.floor(meta.minTimestamp / DAY_SECONDS),
+          enqueuedAt: meta.oldestEnqueuedAt,
+          isolated: isolate ? `${id}:${g}` : undefined,
+          from: id,
+        }]);
+      }
+    }
+    // The returned chunks are written before the batch goes; a crash in
+    // between leaves both, and the batch (still sealed) wins: markLanded(),
+    // discard() and a later unseal() remove the rows it returned.
+    await this.#store.setAll(chunks, `return rows of batch ${id}`);
+    const op = kv.atomic().check(entry).delete(batchKey());
+    for (let i = 0; i < meta.parts; i++) op.delete(batchPartKey(id, i));
+    for (let i = 0; i < meta.rowParts; i++) op.delete(batchRowsKey(id, i));
+    const res = await this.#store.commit(op, `unseal batch ${id}`);
+    if (!res.ok) {
+      throw new QueueError(`Cannot unseal batch ${id} as another writer changed it`, {
+        code: "kv_conflict",
+        retriable: true,
+      });
+    }
+  }
+}
+
+function splitBytes(bytes: Uint8Array): Uint8Array[] {
+  const parts = [];
+  for (let i = 0; i < bytes.byteLength || i === 0; i += MAX_VALUE_BYTES) {
+    parts.push(bytes.slice(i, i + MAX_VALUE_BYTES));
+  }
+  return parts;
+}
+
+function randomBatchId(): bigint {
+  const [a] = crypto.getRandomValues(new BigUint64Array(1));
+  // 63 bits keep the id positive in every client that reads UInt64 as Int64.
+  return (a! >> 1n) || 1n;
+}
