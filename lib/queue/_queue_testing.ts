@@ -9,6 +9,7 @@ import { QueueError } from "../errors.ts";
 import type { HttpLogRow } from "../record/types.ts";
 import type { BatchMeta, KvQueue, PackResult, QueueEntry } from "./kv_queue.ts";
 import { decodeRows, encodeRows } from "./_row_binary.ts";
+import { chunkPartitionPrefix, parseChunkKey } from "./_keys.ts";
 
 export const TOPIC = "http_log";
 export const DAY = 86_400;
@@ -34,6 +35,11 @@ export async function tempKv(): Promise<{ path: string } & AsyncDisposable> {
 export async function rawKeys(path: string, prefix: Deno.KvKey): Promise<Deno.KvKey[]> {
   using kv = await Deno.openKv(path);
   return await Array.fromAsync(kv.list({ prefix }), (e) => e.key);
+}
+
+/** First offsets of the chunks of a partition, in key order. */
+export async function chunkOffsets(path: string, partition: number): Promise<bigint[]> {
+  return (await rawKeys(path, chunkPartitionPrefix(TOPIC, partition))).map(parseChunkKey);
 }
 
 /** Row ids are unique across partitions so a lost or doubled row is visible. */

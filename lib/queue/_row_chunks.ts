@@ -13,6 +13,7 @@ import {
   chunkKey,
   chunkPartitionPrefix,
   counterKey,
+  parsePartitionKey,
   partitionKey,
   partitionPrefix,
 } from "./_keys.ts";
@@ -45,7 +46,7 @@ export class RowChunks {
   async partitions(): Promise<NamedPartitionState[]> {
     const out = [];
     for await (const e of this.#store.kv.list<PartitionState>({ prefix: partitionPrefix() })) {
-      out.push({ topic: e.key[2] as string, partition: e.key[3] as number, ...e.value });
+      out.push({ ...parsePartitionKey(e.key), ...e.value });
     }
     return out;
   }

@@ -8,7 +8,16 @@ import { QueueError } from "../errors.ts";
 import type { KvStore } from "./_kv_store.ts";
 import type { Chunk, RowPart } from "./_chunk.ts";
 import { decodeRows } from "./_row_binary.ts";
-import { batchKey, batchPartKey, batchRowsKey, counterKey, returnedPrefix } from "./_keys.ts";
+import {
+  batchKey,
+  batchPartKey,
+  batchRowsKey,
+  counterKey,
+  parseReturnedKey,
+  type ReturnedKey,
+  returnedKey,
+  returnedPrefix,
+} from "./_keys.ts";
 import type { BatchEntries, BatchMeta, BatchState } from "./types.ts";
 
 /** Reads and updates the sealed batch. */
@@ -78,10 +87,10 @@ export class SealedBatch {
   }
 
   /** Keys of returned chunks that came from batch `id`. */
-  async returnedFrom(id: bigint): Promise<Deno.KvKey[]> {
-    const keys: Deno.KvKey[] = [];
+  async returnedFrom(id: bigint): Promise<ReturnedKey[]> {
+    const keys: ReturnedKey[] = [];
     for await (const c of this.#store.kv.list<Chunk>({ prefix: returnedPrefix() })) {
-      if (c.value.from === id) keys.push(c.key);
+      if (c.value.from === id) keys.push(returnedKey(parseReturnedKey(c.key)));
     }
     return keys;
   }

@@ -17,6 +17,8 @@ import {
   batchRowsKey,
   chunkKey,
   chunkPartitionPrefix,
+  parseReturnedKey,
+  type ReturnedKey,
   returnedKey,
   returnedPrefix,
 } from "./_keys.ts";
@@ -24,6 +26,16 @@ import type { BatchMeta, PackResult } from "./types.ts";
 
 /** Builds the body of a batch from a prefix of `rows`, putting `batchId` in every row. */
 export type Packer = (rows: HttpLogRow[], batchId: bigint) => PackResult | Promise<PackResult>;
+
+/** A chunk offered to the packer, and where the rows it leaves go. */
+interface Candidate {
+  /** The chunk's key, as listed. */
+  key: Deno.KvKey;
+  /** The chunk. */
+  value: Chunk;
+  /** Key of what is left of the chunk when its rows from `first` on stay queued. */
+  restKey(first: bigint): Deno.KvKey;
+}
 
 /** Seals and unseals batches. */
 export class Sealing {
@@ -95,10 +107,7 @@ export class Sealing {
           partitions: c.value.partitions?.slice(used),
           rows: encodeRows(chunkRows.slice(used)),
         };
-        const key = c.key[1] === "returned"
-          ? c.key
-          : chunkKey(c.value.topic, c.value.partition, BigInt(rest.offsets[0]!));
-        op.set(key, rest);
+        op.set(c.restKey(rest.offsets[0]!), rest);
       }
       remaining -= used;
     }
@@ -136,9 +145,9 @@ export class Sealing {
   }
 
   /** Chunks to offer the packer: returned rows first, then owned rows, one UTC day. */
-  async #candidates(candidateRows: number): Promise<Array<Deno.KvEntry<Chunk>>> {
+  async #candidates(candidateRows: number): Promise<Candidate[]> {
     const kv = this.#store.kv;
-    const taken: Array<Deno.KvEntry<Chunk>> = [];
+    const taken: Candidate[] = [];
     let rows = 0;
     let day: number | undefined;
     for await (const c of kv.list<Chunk>({ prefix: returnedPrefix() }, { batchSize: 20 })) {
@@ -149,7 +158,9 @@ export class Sealing {
         if (c.value.day !== day || c.value.isolated !== first.isolated) break;
       }
       day ??= c.value.day;
-      taken.push(c);
+      // A returned chunk keeps its place in line, whatever rows it keeps.
+      const key = returnedKey(parseReturnedKey(c.key));
+      taken.push({ key, value: c.value, restKey: () => key });
       rows += c.value.offsets.length;
       if (rows >= candidateRows || taken.length >= MAX_CHUNKS_PER_COMMIT) return taken;
     }
@@ -178,10 +189,10 @@ export class Sealing {
         if (best === undefined || c.value.enqueuedAt < best.head!.value.enqueuedAt) best = h;
       }
       if (best === undefined) break;
-      const chunk = best.head!;
-      day ??= chunk.value.day;
-      taken.push(chunk);
-      rows += chunk.value.offsets.length;
+      const { key, value } = best.head!;
+      day ??= value.day;
+      taken.push({ key, value, restKey: (first) => chunkKey(value.topic, value.partition, first) });
+      rows += value.offsets.length;
       const n = await best.it.next();
       best.head = n.done ? undefined : n.value;
     }
@@ -207,10 +218,10 @@ export class Sealing {
     let seqBase = BigInt(this.#now()) * 1_000_000n;
     const newest = kv.list({ prefix: returnedPrefix() }, { reverse: true, limit: 1 });
     for await (const { key } of newest) {
-      const seq = key[2] as bigint;
+      const seq = parseReturnedKey(key);
       if (seq >= seqBase) seqBase = seq + 1n;
     }
-    const chunks: Array<readonly [Deno.KvKey, Chunk]> = [];
+    const chunks: Array<readonly [ReturnedKey, Chunk]> = [];
     for (let g = 0; g < groups; g++) {
       const from = g * size;
       const to = Math.min(rows.length, from + size);

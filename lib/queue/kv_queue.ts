@@ -24,7 +24,14 @@ import { RowChunks } from "./_row_chunks.ts";
 import { SealedBatch } from "./_sealed_batch.ts";
 import { Sealing } from "./_sealing.ts";
 import { queueStats } from "./_queue_stats.ts";
-import { batchPartPrefix, batchRowsPrefix, instanceKey, pacerKey, serverKey } from "./_keys.ts";
+import {
+  batchPartPrefix,
+  batchRowsPrefix,
+  instanceKey,
+  pacerKey,
+  parseBatchId,
+  serverKey,
+} from "./_keys.ts";
 import type { HttpLogRow } from "../record/types.ts";
 import type {
   BatchEntries,
@@ -144,7 +151,7 @@ export class KvQueue implements AsyncDisposable {
     const orphans: Deno.KvKey[] = [];
     for (const prefix of [batchPartPrefix(), batchRowsPrefix()]) {
       for await (const entry of kv.list({ prefix })) {
-        if (batch === null || entry.key[2] !== batch.id) orphans.push(entry.key);
+        if (batch === null || parseBatchId(entry.key) !== batch.id) orphans.push(entry.key);
       }
     }
     await this.#store.deleteAll(orphans, "remove orphaned batch parts");
