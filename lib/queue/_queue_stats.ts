@@ -5,7 +5,7 @@
  * @module
  */
 import type { KvStore } from "./_kv_store.ts";
-import type { Chunk } from "./_chunk.ts";
+import { chunkBytes, type StoredChunk } from "./_chunk.ts";
 import type { RowChunks } from "./_row_chunks.ts";
 import type { SealedBatch } from "./_sealed_batch.ts";
 import { chunkPartitionPrefix, counterKey } from "./_keys.ts";
@@ -26,9 +26,9 @@ export async function queueStats(
   let queuedBytes = 0;
   for (const p of await parts.chunks.partitions()) {
     const prefix = chunkPartitionPrefix(p.topic, p.partition);
-    for await (const c of store.kv.list<Chunk>({ prefix }, { limit: 1 })) {
+    for await (const c of store.kv.list<StoredChunk>({ prefix }, { limit: 1 })) {
       if (c.value.enqueuedAt < oldest) oldest = c.value.enqueuedAt;
-      queuedBytes += c.value.rows.byteLength;
+      queuedBytes += chunkBytes(c.value);
     }
   }
   const sealedRows = batch?.rows ?? 0;

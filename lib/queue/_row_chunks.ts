@@ -7,8 +7,15 @@
  */
 import { QueueError } from "../errors.ts";
 import type { KvStore } from "./_kv_store.ts";
-import { type Chunk, DAY_SECONDS, MAX_VALUE_BYTES } from "./_chunk.ts";
-import { encodedRowLength, encodeRows } from "./_row_binary.ts";
+import {
+  chunkCount,
+  DAY_SECONDS,
+  MAX_VALUE_BYTES,
+  type PackedChunk,
+  packToFit,
+  type StoredChunk,
+} from "./_chunk.ts";
+import { encodedRowLength } from "./_row_binary.ts";
 import {
   chunkKey,
   chunkPartitionPrefix,
@@ -105,9 +112,9 @@ export class RowChunks {
       rows = 0;
     };
     for (let i = 0; i < planned.length; i++) {
-      for (const chunk of planned[i]!) {
-        op.set(chunkKey(topic, partition, BigInt(chunk.offsets[0]!)), chunk);
-        rows += chunk.offsets.length;
+      for (const { first, chunk } of planned[i]!) {
+        op.set(chunkKey(topic, partition, first), chunk);
+        rows += chunk.count;
       }
       if (i + 1 < runs.length) await flush(runs[i + 1]![0]!.offset);
     }
@@ -115,45 +122,45 @@ export class RowChunks {
     return fresh.length;
   }
 
-  #buildChunks(topic: string, partition: number, entries: readonly QueueEntry[]): Chunk[] {
+  #buildChunks(
+    topic: string,
+    partition: number,
+    entries: readonly QueueEntry[],
+  ): Array<{ first: bigint; chunk: PackedChunk }> {
     const byDay = new Map<number, QueueEntry[]>();
     for (const e of entries) {
+      const rowSize = encodedRowLength(e.row) + 8;
+      if (rowSize > MAX_VALUE_BYTES) {
+        throw new QueueError(
+          `Cannot queue the row at offset ${e.offset} of partition ${partition} as it ` +
+            `takes ${rowSize} bytes: the limit is ${MAX_VALUE_BYTES}`,
+          { code: "row_too_large", retriable: false },
+        );
+      }
       const day = Math.floor(e.row.timestamp / DAY_SECONDS);
       let list = byDay.get(day);
       if (list === undefined) byDay.set(day, list = []);
       list.push(e);
     }
-    const chunks: Chunk[] = [];
+    const chunks: Array<{ first: bigint; chunk: PackedChunk }> = [];
     const enqueuedAt = this.#now();
     for (const [day, list] of byDay) {
-      let start = 0;
-      let size = 0;
-      const cut = (end: number) => {
-        const part = list.slice(start, end);
+      const rows = list.map((e) => e.row);
+      const offsets = BigInt64Array.from(list, (e) => e.offset);
+      for (const { data, offsets: packed } of packToFit(rows, { offsets })) {
         chunks.push({
-          topic,
-          partition,
-          day,
-          offsets: BigInt64Array.from(part, (e) => e.offset),
-          rows: encodeRows(part.map((e) => e.row)),
-          enqueuedAt,
+          first: packed[0]!,
+          chunk: {
+            topic,
+            partition,
+            day,
+            enqueuedAt,
+            count: packed.length,
+            lastOffset: packed[packed.length - 1]!,
+            data,
+          },
         });
-        start = end;
-        size = 0;
-      };
-      for (let i = 0; i < list.length; i++) {
-        const rowSize = encodedRowLength(list[i]!.row) + 8;
-        if (rowSize > MAX_VALUE_BYTES) {
-          throw new QueueError(
-            `Cannot queue the row at offset ${list[i]!.offset} of partition ${partition} as it ` +
-              `takes ${rowSize} bytes: the limit is ${MAX_VALUE_BYTES}`,
-            { code: "row_too_large", retriable: false },
-          );
-        }
-        if (size + rowSize > MAX_VALUE_BYTES) cut(i);
-        size += rowSize;
       }
-      if (start < list.length) cut(list.length);
     }
     return chunks;
   }
@@ -181,9 +188,9 @@ export class RowChunks {
     const entry = await kv.get<PartitionState>(partitionKey(topic, partition));
     if (entry.value === null) return 0;
     const { committed } = entry.value;
-    const doomed: Array<Deno.KvEntry<Chunk>> = [];
+    const doomed: Array<Deno.KvEntry<StoredChunk>> = [];
     for await (
-      const c of kv.list<Chunk>({
+      const c of kv.list<StoredChunk>({
         prefix: chunkPartitionPrefix(topic, partition),
         start: chunkKey(topic, partition, committed),
       })
@@ -200,7 +207,7 @@ export class RowChunks {
     let dropped = 0;
     for (const c of doomed) {
       op.delete(c.key);
-      dropped += c.value.offsets.length;
+      dropped += chunkCount(c.value);
     }
     op.set(partitionKey(topic, partition), { next: resumeAt, committed: resumeAt });
     // Subtracting 0 as 2^64 does not fit a KvU64.

@@ -6,7 +6,7 @@
  */
 import { QueueError } from "../errors.ts";
 import type { KvStore } from "./_kv_store.ts";
-import type { Chunk, RowPart } from "./_chunk.ts";
+import { type StoredChunk, type StoredRowPart, unpackRowPart } from "./_chunk.ts";
 import { decodeRows } from "./_row_binary.ts";
 import {
   batchKey,
@@ -49,7 +49,8 @@ export class SealedBatch {
   /** See {@linkcode KvQueue.batchEntries}. */
   async batchEntries(meta: BatchMeta): Promise<BatchEntries> {
     const keys = Array.from({ length: meta.rowParts }, (_, i) => batchRowsKey(meta.id, i));
-    const parts = await this.#store.getAll<RowPart>(keys, `the rows of batch ${meta.id}`);
+    const stored = await this.#store.getAll<StoredRowPart>(keys, `the rows of batch ${meta.id}`);
+    const parts = stored.map(unpackRowPart);
     const rows = parts.flatMap((p) => decodeRows(p.rows));
     const offsets = new BigInt64Array(rows.length);
     const partitions = new Int32Array(rows.length);
@@ -89,7 +90,7 @@ export class SealedBatch {
   /** Keys of returned chunks that came from batch `id`. */
   async returnedFrom(id: bigint): Promise<ReturnedKey[]> {
     const keys: ReturnedKey[] = [];
-    for await (const c of this.#store.kv.list<Chunk>({ prefix: returnedPrefix() })) {
+    for await (const c of this.#store.kv.list<StoredChunk>({ prefix: returnedPrefix() })) {
       if (c.value.from === id) keys.push(returnedKey(parseReturnedKey(c.key)));
     }
     return keys;

@@ -7,8 +7,23 @@
 import { QueueError } from "../errors.ts";
 import type { HttpLogRow } from "../record/types.ts";
 import type { KvStore } from "./_kv_store.ts";
-import { type Chunk, DAY_SECONDS, MAX_VALUE_BYTES, splitRows } from "./_chunk.ts";
-import { decodeRows, encodeRows } from "./_row_binary.ts";
+import {
+  chunkCount,
+  type ChunkInfo,
+  chunkLastOffset,
+  type ChunkRows,
+  DAY_SECONDS,
+  MAX_VALUE_BYTES,
+  type PackedChunk,
+  packedChunk,
+  packOne,
+  packToFit,
+  RETURNED_PACK_BYTES,
+  type RowSources,
+  type StoredChunk,
+  unpackChunk,
+} from "./_chunk.ts";
+import { decodeRows } from "./_row_binary.ts";
 import { MAX_CHUNKS_PER_COMMIT, type RowChunks } from "./_row_chunks.ts";
 import type { SealedBatch } from "./_sealed_batch.ts";
 import {
@@ -27,14 +42,14 @@ import type { BatchMeta, PackResult } from "./types.ts";
 /** Builds the body of a batch from a prefix of `rows`, putting `batchId` in every row. */
 export type Packer = (rows: HttpLogRow[], batchId: bigint) => PackResult | Promise<PackResult>;
 
-/** A chunk offered to the packer, and where the rows it leaves go. */
+/** A chunk offered to the packer. */
 interface Candidate {
   /** The chunk's key, as listed. */
   key: Deno.KvKey;
   /** The chunk. */
-  value: Chunk;
-  /** Key of what is left of the chunk when its rows from `first` on stay queued. */
-  restKey(first: bigint): Deno.KvKey;
+  value: StoredChunk;
+  /** Values, with their keys, that keep the rows of the chunk the packer left. */
+  rest(rows: readonly HttpLogRow[], sources: RowSources): Array<readonly [Deno.KvKey, PackedChunk]>;
 }
 
 /** Seals and unseals batches. */
@@ -59,11 +74,12 @@ export class Sealing {
     if (taken.length === 0) return null;
 
     const offered: HttpLogRow[] = [];
-    const perChunk: HttpLogRow[][] = [];
+    const perChunk: Array<{ rows: HttpLogRow[]; sources: ChunkRows }> = [];
     for (const c of taken) {
-      const r = decodeRows(c.value.rows);
-      perChunk.push(r);
-      for (const row of r) offered.push(row);
+      const sources = unpackChunk(c.value);
+      const rows = decodeRows(sources.rows);
+      perChunk.push({ rows, sources });
+      for (const row of rows) offered.push(row);
     }
     const id = randomBatchId();
     const packed = await pack(offered, id);
@@ -78,16 +94,17 @@ export class Sealing {
     const partitions = new Int32Array(rows.length);
     for (let i = 0, n = 0; n < rows.length; i++) {
       const c = taken[i]!.value;
-      for (let j = 0; j < c.offsets.length && n < rows.length; j++, n++) {
-        offsets[n] = c.offsets[j]!;
-        partitions[n] = c.partitions?.[j] ?? c.partition;
+      const { sources } = perChunk[i]!;
+      for (let j = 0; j < sources.offsets.length && n < rows.length; j++, n++) {
+        offsets[n] = sources.offsets[j]!;
+        partitions[n] = sources.partitions?.[j] ?? c.partition;
       }
     }
     const parts = splitBytes(packed.body);
-    const rowParts = splitRows(rows, offsets, partitions);
+    const rowParts = packToFit(rows, { offsets, partitions });
     await this.#store.setAll([
       ...parts.map((v, i) => [batchPartKey(id, i), v] as const),
-      ...rowParts.map((v, i) => [batchRowsKey(id, i), v] as const),
+      ...rowParts.map((v, i) => [batchRowsKey(id, i), v.data] as const),
     ], `write batch ${id}`);
 
     const op = this.#store.kv.atomic().check({ key: batchKey(), versionstamp: null });
@@ -95,19 +112,17 @@ export class Sealing {
     let oldestEnqueuedAt = Infinity;
     for (let i = 0; i < taken.length && remaining > 0; i++) {
       const c = taken[i]!;
-      const chunkRows = perChunk[i]!;
+      const { rows: chunkRows, sources } = perChunk[i]!;
       const used = Math.min(remaining, chunkRows.length);
       oldestEnqueuedAt = Math.min(oldestEnqueuedAt, c.value.enqueuedAt);
       // No check on the chunk: owned chunks never change, and only the flusher deletes them.
       op.delete(c.key);
       if (used < chunkRows.length) {
-        const rest: Chunk = {
-          ...c.value,
-          offsets: c.value.offsets.slice(used),
-          partitions: c.value.partitions?.slice(used),
-          rows: encodeRows(chunkRows.slice(used)),
-        };
-        op.set(c.restKey(rest.offsets[0]!), rest);
+        const rest = c.rest(chunkRows.slice(used), {
+          offsets: sources.offsets.slice(used),
+          partitions: sources.partitions?.slice(used),
+        });
+        for (const [key, value] of rest) op.set(key, value);
       }
       remaining -= used;
     }
@@ -150,7 +165,7 @@ export class Sealing {
     const taken: Candidate[] = [];
     let rows = 0;
     let day: number | undefined;
-    for await (const c of kv.list<Chunk>({ prefix: returnedPrefix() }, { batchSize: 20 })) {
+    for await (const c of kv.list<StoredChunk>({ prefix: returnedPrefix() }, { batchSize: 20 })) {
       const first = taken[0]?.value;
       if (first !== undefined) {
         // An isolated group (a suspected poison half) is sent on its own, even
@@ -160,8 +175,16 @@ export class Sealing {
       day ??= c.value.day;
       // A returned chunk keeps its place in line, whatever rows it keeps.
       const key = returnedKey(parseReturnedKey(c.key));
-      taken.push({ key, value: c.value, restKey: () => key });
-      rows += c.value.offsets.length;
+      const { value } = c;
+      taken.push({
+        key,
+        value,
+        rest: (
+          left,
+          sources,
+        ) => [[key, packedChunk(value, sources.offsets, packOne(left, sources))]],
+      });
+      rows += chunkCount(value);
       if (rows >= candidateRows || taken.length >= MAX_CHUNKS_PER_COMMIT) return taken;
     }
     if (taken[0]?.value.isolated) return taken;
@@ -170,9 +193,12 @@ export class Sealing {
     const committed = new Map<string, bigint>();
     for (const p of partitions) committed.set(`${p.topic}\u0000${p.partition}`, p.committed);
     // Per-partition FIFO iterators, merged by enqueue time so no partition starves.
-    const heads: Array<{ it: AsyncIterator<Deno.KvEntry<Chunk>>; head?: Deno.KvEntry<Chunk> }> = [];
+    const heads: Array<{
+      it: AsyncIterator<Deno.KvEntry<StoredChunk>>;
+      head?: Deno.KvEntry<StoredChunk>;
+    }> = [];
     for (const p of partitions) {
-      const it = kv.list<Chunk>({ prefix: chunkPartitionPrefix(p.topic, p.partition) }, {
+      const it = kv.list<StoredChunk>({ prefix: chunkPartitionPrefix(p.topic, p.partition) }, {
         batchSize: 50,
       })[Symbol.asyncIterator]();
       const first = await it.next();
@@ -184,15 +210,23 @@ export class Sealing {
         const c = h.head;
         if (c === undefined) continue;
         const owned = committed.get(`${c.value.topic}\u0000${c.value.partition}`) ?? 0n;
-        if (c.value.offsets[c.value.offsets.length - 1]! >= owned) continue;
+        if (chunkLastOffset(c.value) >= owned) continue;
         if (day !== undefined && c.value.day !== day) continue;
         if (best === undefined || c.value.enqueuedAt < best.head!.value.enqueuedAt) best = h;
       }
       if (best === undefined) break;
       const { key, value } = best.head!;
       day ??= value.day;
-      taken.push({ key, value, restKey: (first) => chunkKey(value.topic, value.partition, first) });
-      rows += value.offsets.length;
+      taken.push({
+        key,
+        value,
+        rest: (left, sources) =>
+          packToFit(left, sources).map(({ data, offsets }) => [
+            chunkKey(value.topic, value.partition, offsets[0]!),
+            packedChunk(value, offsets, data),
+          ]),
+      });
+      rows += chunkCount(value);
       const n = await best.it.next();
       best.head = n.done ? undefined : n.value;
     }
@@ -221,25 +255,27 @@ export class Sealing {
       const seq = parseReturnedKey(key);
       if (seq >= seqBase) seqBase = seq + 1n;
     }
-    const chunks: Array<readonly [ReturnedKey, Chunk]> = [];
+    const chunks: Array<readonly [ReturnedKey, PackedChunk]> = [];
     for (let g = 0; g < groups; g++) {
       const from = g * size;
       const to = Math.min(rows.length, from + size);
-      const groupParts = splitRows(
-        rows.slice(from, to),
-        offsets.slice(from, to),
-        partitions.slice(from, to),
-      );
-      for (const part of groupParts) {
-        chunks.push([returnedKey(seqBase + BigInt(chunks.length)), {
-          ...part,
-          topic: meta.topic,
-          partition: -1,
-          day: Math.floor(meta.minTimestamp / DAY_SECONDS),
-          enqueuedAt: meta.oldestEnqueuedAt,
-          isolated: isolate ? `${id}:${g}` : undefined,
-          from: id,
-        }]);
+      const info: ChunkInfo = {
+        topic: meta.topic,
+        partition: -1,
+        day: Math.floor(meta.minTimestamp / DAY_SECONDS),
+        enqueuedAt: meta.oldestEnqueuedAt,
+        isolated: isolate ? `${id}:${g}` : undefined,
+        from: id,
+      };
+      const packed = packToFit(rows.slice(from, to), {
+        offsets: offsets.slice(from, to),
+        partitions: partitions.slice(from, to),
+      }, RETURNED_PACK_BYTES);
+      for (const part of packed) {
+        chunks.push([
+          returnedKey(seqBase + BigInt(chunks.length)),
+          packedChunk(info, part.offsets, part.data),
+        ]);
       }
     }
     // The returned chunks are written before the batch goes; a crash in

@@ -112,7 +112,7 @@ export interface ServerFacts {
 export interface QueueStats {
   /** Rows appended and not yet sealed (pending and owned). */
   queuedRows: number;
-  /** RowBinary bytes of the oldest chunk of each partition: a cheap sample, not the total. */
+  /** KV bytes of the rows of the oldest chunk of each partition: a cheap sample, not the total. */
   queuedBytes: number;
   /** Rows in the sealed batch. */
   sealedRows: number;
