@@ -36,11 +36,12 @@ const PACK_TARGET_BYTES = 96_000;
  */
 export const RETURNED_PACK_BYTES = 59_000;
 /**
- * zstd level. bench:queue, backlog-sized appends: level 5 stores stock rows
- * in 72.3 B/row of KV file against 74.1 at level 3, for 0.45 s more CPU per
- * million rows; levels below 3 store about 8% more.
+ * zstd level. bench:queue, appends of 300 rows, chunks grown to the cap:
+ * level 3 stores stock rows in 73.4 B/row of KV file, the bench taking 10.0
+ * CPU-s per million rows; level 5 in 71.5 B/row for 12.5 CPU-s, as every
+ * append recompresses the chunk it grows. Levels below 3 store about 8% more.
  */
-const ZSTD_LEVEL = 5;
+const ZSTD_LEVEL = 3;
 /** Count (u32) and the partitions flag (u8). */
 const PAYLOAD_HEADER_BYTES = 5;
 
@@ -150,6 +151,14 @@ export interface RowSources {
   partitions?: Int32Array | undefined;
 }
 
+/** Rows already in RowBinary, with the byte length of each. */
+export interface EncodedRows {
+  /** The rows, RowBinary. */
+  bytes: Uint8Array;
+  /** Byte length of each row, in order. */
+  lengths: readonly number[];
+}
+
 /**
  * Packs `rows` with their sources into values of at most
  * {@linkcode MAX_VALUE_BYTES}, in order, each of about `targetBytes`
@@ -158,15 +167,22 @@ export interface RowSources {
  * framing over: callers refuse rows that could not fit 64 KiB.
  */
 export function packToFit(
-  rows: readonly HttpLogRow[],
+  rows: readonly HttpLogRow[] | EncodedRows,
   sources: RowSources,
   targetBytes: number = PACK_TARGET_BYTES,
 ): Array<{ data: Uint8Array; offsets: BigInt64Array }> {
+  const { bytes, lengths } = "bytes" in rows
+    ? rows
+    : { bytes: encodeRows(rows), lengths: rows.map(encodedRowLength) };
+  // Byte offset of each row, and of the end.
+  const starts = new Array<number>(lengths.length + 1);
+  starts[0] = 0;
+  for (let i = 0; i < lengths.length; i++) starts[i + 1] = starts[i]! + lengths[i]!;
   const out: Array<{ data: Uint8Array; offsets: BigInt64Array }> = [];
   const pack = (from: number, to: number): void => {
     const offsets = sources.offsets.slice(from, to);
     const data = packRows({
-      rows: encodeRows(rows.slice(from, to)),
+      rows: bytes.subarray(starts[from]!, starts[to]!),
       offsets,
       partitions: sources.partitions?.slice(from, to),
     });
@@ -180,9 +196,9 @@ export function packToFit(
   };
   let start = 0;
   let size = 0;
-  for (let i = 0; i < rows.length; i++) {
+  for (let i = 0; i < lengths.length; i++) {
     // Besides the row, 8 bytes of offset and 4 of partition.
-    const n = encodedRowLength(rows[i]!) + 12;
+    const n = lengths[i]! + 12;
     if (i > start && size + n > targetBytes) {
       pack(start, i);
       start = i;
@@ -190,7 +206,7 @@ export function packToFit(
     }
     size += n;
   }
-  if (start < rows.length || out.length === 0) pack(start, rows.length);
+  if (start < lengths.length || out.length === 0) pack(start, lengths.length);
   return out;
 }
 

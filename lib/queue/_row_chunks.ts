@@ -3,19 +3,31 @@
  * them to owned once the Kafka commit succeeded, and dropping them when
  * another consumer stored them.
  *
+ * An append grows the partition's last chunk while it is small and of the
+ * same UTC day, so chunks end up near the value cap even when each Kafka
+ * batch brings a few hundred rows. A grown chunk can hold owned rows followed
+ * by pending ones: seals take its owned rows only, dropPending keeps them, and
+ * an append and a seal that meet on it are told apart by its versionstamp.
+ *
  * @module
  */
 import { QueueError } from "../errors.ts";
 import type { KvStore } from "./_kv_store.ts";
+import type { HttpLogRow } from "../record/types.ts";
 import {
+  chunkBytes,
   chunkCount,
+  chunkLastOffset,
   DAY_SECONDS,
+  type EncodedRows,
   MAX_VALUE_BYTES,
   type PackedChunk,
+  packedChunk,
   packToFit,
   type StoredChunk,
+  unpackChunk,
 } from "./_chunk.ts";
-import { encodedRowLength } from "./_row_binary.ts";
+import { encodedRowLength, encodeRows, rowLengths } from "./_row_binary.ts";
 import {
   chunkKey,
   chunkPartitionPrefix,
@@ -30,6 +42,33 @@ import type { PartitionState, QueueEntry } from "./types.ts";
 const MAX_COMMIT_BYTES = 700_000;
 /** Most chunks one commit deletes; Deno KV allows 1000 mutations per commit. */
 export const MAX_CHUNKS_PER_COMMIT = 900;
+
+/** Chunks smaller than this take the rows of later appends of their day. */
+const MERGE_BELOW_BYTES = 45_000;
+/** Tries of an append before it stops growing the last chunk, which a seal keeps taking. */
+const MAX_APPEND_ATTEMPTS = 5;
+
+/** The last chunk of a partition, which an append grows. */
+interface Tail {
+  /** The chunk as read, for the commit's check. */
+  entry: Deno.KvEntry<StoredChunk>;
+  /** Its rows, RowBinary, left encoded: growing a chunk decodes none of them. */
+  rows: EncodedRows;
+  /** Their offsets. */
+  offsets: BigInt64Array;
+}
+
+function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.byteLength + b.byteLength);
+  out.set(a);
+  out.set(b, a.byteLength);
+  return out;
+}
+
+/** UTC day of a row: days since the epoch. */
+function utcDay(row: HttpLogRow): number {
+  return Math.floor(row.timestamp / DAY_SECONDS);
+}
 
 /** A partition's queue progress with its name. */
 export type NamedPartitionState = { topic: string; partition: number } & PartitionState;
@@ -65,6 +104,26 @@ export class RowChunks {
     entries: readonly QueueEntry[],
     next: bigint,
   ): Promise<number> {
+    for (let attempt = 1;; attempt++) {
+      const merge = attempt < MAX_APPEND_ATTEMPTS;
+      const appended = await this.#appendOnce(topic, partition, entries, next, merge);
+      if (appended !== null) return appended;
+    }
+  }
+
+  /**
+   * One try of {@linkcode RowChunks.append}; `null` when nothing was written
+   * because a seal took or cut the chunk it grew. With `merge`, rows of the
+   * partition's last chunk's day go into it while it is small, so chunks stay
+   * near the value cap however few rows each Kafka batch brings.
+   */
+  async #appendOnce(
+    topic: string,
+    partition: number,
+    entries: readonly QueueEntry[],
+    next: bigint,
+    merge: boolean,
+  ): Promise<number | null> {
     const kv = this.#store.kv;
     const stateEntry = await kv.get<PartitionState>(partitionKey(topic, partition));
     const firstOffset = entries[0]?.offset ?? next;
@@ -90,17 +149,29 @@ export class RowChunks {
       runs.at(-1)!.push(e);
       runBytes += size;
     }
+    const tail = merge && runs[0] !== undefined
+      ? await this.#tail(topic, partition, runs[0])
+      : null;
     // Built before the first commit so a row too large leaves nothing written.
-    const planned = runs.map((run) => this.#buildChunks(topic, partition, run));
+    const planned = runs.map((run, i) =>
+      this.#buildChunks(topic, partition, run, i === 0 ? tail : null)
+    );
     let versionstamp = stateEntry.versionstamp;
-    let op = kv.atomic();
-    let rows = 0;
-    const flush = async (upTo: bigint) => {
-      op.check({ key: partitionKey(topic, partition), versionstamp })
-        .set(partitionKey(topic, partition), { ...state, next: upTo })
-        .sum(counterKey("queued_rows"), BigInt(rows));
+    // A batch with no new rows still records its `next`.
+    for (let i = 0; i < Math.max(1, runs.length); i++) {
+      const op = kv.atomic().check({ key: partitionKey(topic, partition), versionstamp });
+      // The seal that deletes or cuts the grown chunk changes it, failing this check.
+      if (i === 0 && tail !== null) op.check(tail.entry);
+      for (const { first, chunk } of planned[i] ?? []) {
+        op.set(chunkKey(topic, partition, first), chunk);
+      }
+      const upTo = i + 1 < runs.length ? runs[i + 1]![0]!.offset : next;
+      op.set(partitionKey(topic, partition), { ...state, next: upTo })
+        .sum(counterKey("queued_rows"), BigInt(runs[i]?.length ?? 0));
       const res = await this.#store.commit(op, `append to partition ${partition} of ${topic}`);
       if (!res.ok) {
+        const now = await kv.get<PartitionState>(partitionKey(topic, partition));
+        if (i === 0 && tail !== null && now.versionstamp === versionstamp) return null;
         throw new QueueError(
           `Cannot append to partition ${partition} of ${topic} as another writer changed it`,
           { code: "kv_conflict", retriable: true },
@@ -108,26 +179,36 @@ export class RowChunks {
       }
       versionstamp = res.versionstamp;
       state.next = upTo;
-      op = kv.atomic();
-      rows = 0;
-    };
-    for (let i = 0; i < planned.length; i++) {
-      for (const { first, chunk } of planned[i]!) {
-        op.set(chunkKey(topic, partition, first), chunk);
-        rows += chunk.count;
-      }
-      if (i + 1 < runs.length) await flush(runs[i + 1]![0]!.offset);
     }
-    await flush(next);
     return fresh.length;
   }
 
+  /** The partition's last chunk, unpacked, when the rows of `run` may go into it. */
+  async #tail(topic: string, partition: number, run: readonly QueueEntry[]): Promise<Tail | null> {
+    const day = utcDay(run[0]!.row);
+    if (!run.every((e) => utcDay(e.row) === day)) return null;
+    const last = this.#store.kv.list<StoredChunk>(
+      { prefix: chunkPartitionPrefix(topic, partition) },
+      { reverse: true, limit: 1 },
+    );
+    for await (const entry of last) {
+      const c = entry.value;
+      if (c.day !== day || chunkBytes(c) >= MERGE_BELOW_BYTES) return null;
+      if (chunkLastOffset(c) >= run[0]!.offset) return null;
+      const { rows, offsets } = unpackChunk(c);
+      return { entry, rows: { bytes: rows, lengths: rowLengths(rows) }, offsets };
+    }
+    return null;
+  }
+
+  /** Packs `entries`, after the rows of `tail` when given, into chunks per UTC day. */
   #buildChunks(
     topic: string,
     partition: number,
     entries: readonly QueueEntry[],
+    tail: Tail | null,
   ): Array<{ first: bigint; chunk: PackedChunk }> {
-    const byDay = new Map<number, QueueEntry[]>();
+    const byDay = new Map<number, { rows: HttpLogRow[]; offsets: bigint[] }>();
     for (const e of entries) {
       const rowSize = encodedRowLength(e.row) + 8;
       if (rowSize > MAX_VALUE_BYTES) {
@@ -137,28 +218,35 @@ export class RowChunks {
           { code: "row_too_large", retriable: false },
         );
       }
-      const day = Math.floor(e.row.timestamp / DAY_SECONDS);
-      let list = byDay.get(day);
-      if (list === undefined) byDay.set(day, list = []);
-      list.push(e);
+      const day = utcDay(e.row);
+      let group = byDay.get(day);
+      if (group === undefined) byDay.set(day, group = { rows: [], offsets: [] });
+      group.rows.push(e.row);
+      group.offsets.push(e.offset);
     }
     const chunks: Array<{ first: bigint; chunk: PackedChunk }> = [];
-    const enqueuedAt = this.#now();
-    for (const [day, list] of byDay) {
-      const rows = list.map((e) => e.row);
-      const offsets = BigInt64Array.from(list, (e) => e.offset);
+    // A grown chunk keeps the time its first rows were queued.
+    const enqueuedAt = tail?.entry.value.enqueuedAt ?? this.#now();
+    for (const [day, group] of byDay) {
+      let rows: EncodedRows = {
+        bytes: encodeRows(group.rows),
+        lengths: group.rows.map(encodedRowLength),
+      };
+      let offsets = BigInt64Array.from(group.offsets);
+      if (tail !== null && tail.entry.value.day === day) {
+        rows = {
+          bytes: concat(tail.rows.bytes, rows.bytes),
+          lengths: [...tail.rows.lengths, ...rows.lengths],
+        };
+        const all = new BigInt64Array(tail.offsets.length + offsets.length);
+        all.set(tail.offsets);
+        all.set(offsets, tail.offsets.length);
+        offsets = all;
+      }
       for (const { data, offsets: packed } of packToFit(rows, { offsets })) {
         chunks.push({
           first: packed[0]!,
-          chunk: {
-            topic,
-            partition,
-            day,
-            enqueuedAt,
-            count: packed.length,
-            lastOffset: packed[packed.length - 1]!,
-            data,
-          },
+          chunk: packedChunk({ topic, partition, day, enqueuedAt }, packed, data),
         });
       }
     }
@@ -208,6 +296,25 @@ export class RowChunks {
     for (const c of doomed) {
       op.delete(c.key);
       dropped += chunkCount(c.value);
+    }
+    // A chunk an append grew may hold owned rows first and pending ones after.
+    const before = kv.list<StoredChunk>({
+      prefix: chunkPartitionPrefix(topic, partition),
+      end: chunkKey(topic, partition, committed),
+    }, { reverse: true, limit: 1 });
+    for await (const c of before) {
+      if (chunkLastOffset(c.value) < committed) break;
+      const { rows, offsets } = unpackChunk(c.value);
+      const kept = offsets.findIndex((o) => o >= committed);
+      const lengths = rowLengths(rows).slice(0, kept);
+      const owned = packToFit({ bytes: rows, lengths }, { offsets: offsets.slice(0, kept) });
+      for (const part of owned) {
+        op.set(
+          chunkKey(topic, partition, part.offsets[0]!),
+          packedChunk(c.value, part.offsets, part.data),
+        );
+      }
+      dropped += offsets.length - kept;
     }
     op.set(partitionKey(topic, partition), { next: resumeAt, committed: resumeAt });
     // Subtracting 0 as 2^64 does not fit a KvU64.

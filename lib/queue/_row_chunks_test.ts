@@ -7,6 +7,7 @@ import {
   assertExactlyOnce,
   assertQueueError,
   chunkOffsets,
+  Clock,
   crashAfterCommits,
   DAY,
   DAY0,
@@ -344,4 +345,60 @@ Deno.test("KvQueue.dropPending() returns 0 when nothing is pending", async () =>
   assert.equal(await queue.dropPending(TOPIC, 0, 10n), 0);
   assert.deepEqual(await queue.partition(TOPIC, 0), { next: 10n, committed: 10n });
   assert.equal((await queue.stats()).queuedRows, 3);
+});
+
+Deno.test("KvQueue.append() grows the last chunk of the day while it is small", async (t) => {
+  await using tmp = await tempKv();
+  const clock = new Clock();
+  await using queue = await openQueue(tmp.path, { now: clock.now });
+
+  await t.step("ten small Kafka batches, each owned before the next, make one chunk", async () => {
+    for (let o = 0; o < 300; o += 30) {
+      clock.ms += 1_000;
+      await appendOwned(queue, 0, o, o + 30);
+    }
+    assert.deepEqual(await chunkOffsets(tmp.path, 0), [0n]);
+    assert.equal((await queue.stats()).oldestAgeMs, 9_000, "the chunk keeps its first time");
+  });
+
+  await t.step("rows of the next day start a chunk of their own", async () => {
+    await appendOwned(queue, 0, 300, 310, () => ({ timestamp: DAY0 + DAY }));
+    await appendOwned(queue, 0, 310, 320, () => ({ timestamp: DAY0 + DAY }));
+    assert.deepEqual(await chunkOffsets(tmp.path, 0), [0n, 300n]);
+  });
+
+  await t.step("every row is sealed once", async () => {
+    const { rows } = await drain(queue);
+    assert.deepEqual(ids(rows), idRange(0, 0, 320));
+    await assertAccounted(queue, 320);
+  });
+});
+
+Deno.test("KvQueue.append() starts over when a seal takes the chunk it grows", async () => {
+  await using tmp = await tempKv();
+  await using queue = await openQueue(tmp.path);
+  await appendOwned(queue, 0, 0, 5);
+  // The seal runs after the append read the last chunk and before it commits.
+  const proto = Deno.AtomicOperation.prototype;
+  const commit = proto.commit;
+  let seal: (() => Promise<unknown>) | undefined = () => queue.seal(new Packer().pack);
+  proto.commit = async function (this: Deno.AtomicOperation) {
+    const before = seal;
+    seal = undefined;
+    await before?.();
+    return await commit.call(this);
+  };
+  try {
+    assert.equal(await queue.append(TOPIC, 0, entries(0, 5, 8), { next: 8n }), 3);
+  } finally {
+    proto.commit = commit;
+  }
+  assert.equal(seal, undefined, "the seal ran");
+  const sealed = await queue.batch();
+  assert.equal(sealed?.rows, 5);
+  await queue.markLanded(sealed!.id);
+  await queue.promote(TOPIC, 0, 8n);
+  const { rows } = await drain(queue);
+  assert.deepEqual(ids(rows), idRange(0, 5, 8));
+  await assertAccounted(queue, 8);
 });

@@ -32,12 +32,23 @@ import {
   batchRowsKey,
   chunkKey,
   chunkPartitionPrefix,
+  parseChunkKey,
   parseReturnedKey,
   type ReturnedKey,
   returnedKey,
   returnedPrefix,
 } from "./_keys.ts";
 import type { BatchMeta, PackResult } from "./types.ts";
+
+/** Tries of a seal before it gives up on chunks that appends keep growing. */
+const MAX_SEAL_ATTEMPTS = 5;
+/** Partitions one seal takes rows from: it checks one chunk of each, with one check to spare. */
+const MAX_SEAL_PARTITIONS = 99;
+/**
+ * Chunks holding owned and pending rows one seal takes: it rewrites the
+ * pending rows of each, and the commit must stay under 800 KiB.
+ */
+const MAX_SEAL_STRADDLING = 4;
 
 /** Builds the body of a batch from a prefix of `rows`, putting `batchId` in every row. */
 export type Packer = (rows: HttpLogRow[], batchId: bigint) => PackResult | Promise<PackResult>;
@@ -48,8 +59,20 @@ interface Candidate {
   key: Deno.KvKey;
   /** The chunk. */
   value: StoredChunk;
-  /** Values, with their keys, that keep the rows of the chunk the packer left. */
+  /**
+   * For a chunk of a partition: its versionstamp, and the partition's
+   * committed offset, below which its rows are owned and offered.
+   */
+  partition?: { versionstamp: string; committed: bigint };
+  /** Values, with their keys, that keep the rows of the chunk the seal leaves. */
   rest(rows: readonly HttpLogRow[], sources: RowSources): Array<readonly [Deno.KvKey, PackedChunk]>;
+}
+
+/** A candidate unpacked: all its rows, and how many from the front are offered. */
+interface Unpacked {
+  rows: HttpLogRow[];
+  sources: ChunkRows;
+  offered: number;
 }
 
 /** Seals and unseals batches. */
@@ -68,19 +91,40 @@ export class Sealing {
 
   /** See {@linkcode KvQueue.seal}. */
   async seal(pack: Packer, candidateRows: number): Promise<BatchMeta | null> {
-    const current = await this.#batch.batch();
-    if (current !== null) return current;
+    for (let attempt = 1;; attempt++) {
+      const current = await this.#batch.batch();
+      if (current !== null) return current;
+      const sealed = await this.#sealOnce(pack, candidateRows);
+      if (sealed !== "retry") return sealed;
+      if (attempt === MAX_SEAL_ATTEMPTS) {
+        throw new QueueError(
+          `Cannot seal a batch as appends kept growing its chunks: ${attempt} tries`,
+          { code: "kv_conflict", retriable: true },
+        );
+      }
+    }
+  }
+
+  /** One try of {@linkcode Sealing.seal}; `"retry"` when an append changed a chunk it took. */
+  async #sealOnce(pack: Packer, candidateRows: number): Promise<BatchMeta | null | "retry"> {
     const taken = await this.#candidates(candidateRows);
     if (taken.length === 0) return null;
 
     const offered: HttpLogRow[] = [];
-    const perChunk: Array<{ rows: HttpLogRow[]; sources: ChunkRows }> = [];
+    const unpacked: Unpacked[] = [];
     for (const c of taken) {
       const sources = unpackChunk(c.value);
       const rows = decodeRows(sources.rows);
-      perChunk.push({ rows, sources });
-      for (const row of rows) offered.push(row);
+      const committed = c.partition?.committed;
+      // Offsets ascend within a partition's chunk; the rows from `committed` on are pending.
+      const pending = committed === undefined
+        ? -1
+        : sources.offsets.findIndex((o) => o >= committed);
+      const count = pending === -1 ? rows.length : pending;
+      unpacked.push({ rows, sources, offered: count });
+      for (let i = 0; i < count; i++) offered.push(rows[i]!);
     }
+    if (offered.length === 0) return null;
     const id = randomBatchId();
     const packed = await pack(offered, id);
     if (packed.rowCount < 1 || packed.rowCount > offered.length) {
@@ -94,28 +138,38 @@ export class Sealing {
     const partitions = new Int32Array(rows.length);
     for (let i = 0, n = 0; n < rows.length; i++) {
       const c = taken[i]!.value;
-      const { sources } = perChunk[i]!;
-      for (let j = 0; j < sources.offsets.length && n < rows.length; j++, n++) {
+      const { sources, offered: count } = unpacked[i]!;
+      for (let j = 0; j < count && n < rows.length; j++, n++) {
         offsets[n] = sources.offsets[j]!;
         partitions[n] = sources.partitions?.[j] ?? c.partition;
       }
     }
     const parts = splitBytes(packed.body);
     const rowParts = packToFit(rows, { offsets, partitions });
-    await this.#store.setAll([
+    const written: Array<readonly [Deno.KvKey, Uint8Array]> = [
       ...parts.map((v, i) => [batchPartKey(id, i), v] as const),
       ...rowParts.map((v, i) => [batchRowsKey(id, i), v.data] as const),
-    ], `write batch ${id}`);
+    ];
+    await this.#store.setAll(written, `write batch ${id}`);
 
     const op = this.#store.kv.atomic().check({ key: batchKey(), versionstamp: null });
+    // Owned chunks change only when an append grows the last one of its
+    // partition, which can only be the last one this seal takes from it.
+    const lastOfPartition = new Map<string, Deno.AtomicCheck>();
     let remaining = packed.rowCount;
     let oldestEnqueuedAt = Infinity;
     for (let i = 0; i < taken.length && remaining > 0; i++) {
       const c = taken[i]!;
-      const { rows: chunkRows, sources } = perChunk[i]!;
-      const used = Math.min(remaining, chunkRows.length);
+      const { rows: chunkRows, sources, offered: count } = unpacked[i]!;
+      const used = Math.min(remaining, count);
       oldestEnqueuedAt = Math.min(oldestEnqueuedAt, c.value.enqueuedAt);
-      // No check on the chunk: owned chunks never change, and only the flusher deletes them.
+      if (c.partition !== undefined) {
+        const { versionstamp } = c.partition;
+        lastOfPartition.set(`${c.value.topic}\u0000${c.value.partition}`, {
+          key: c.key,
+          versionstamp,
+        });
+      }
       op.delete(c.key);
       if (used < chunkRows.length) {
         const rest = c.rest(chunkRows.slice(used), {
@@ -126,6 +180,7 @@ export class Sealing {
       }
       remaining -= used;
     }
+    for (const check of lastOfPartition.values()) op.check(check);
     let minTimestamp = Infinity;
     let maxTimestamp = -Infinity;
     for (const r of rows) {
@@ -152,11 +207,11 @@ export class Sealing {
     };
     op.set(batchKey(), meta);
     const res = await this.#store.commit(op, `seal batch ${id}`);
-    if (!res.ok) {
-      // A concurrent seal won; our parts are orphans and go at the next start.
-      return await this.#batch.batch();
-    }
-    return meta;
+    if (res.ok) return meta;
+    // A concurrent seal won, or an append grew a chunk taken here: either
+    // way this seal's parts are not the batch's.
+    await this.#store.deleteAll(written.map(([key]) => key), `remove parts of batch ${id}`);
+    return "retry";
   }
 
   /** Chunks to offer the packer: returned rows first, then owned rows, one UTC day. */
@@ -189,37 +244,46 @@ export class Sealing {
     }
     if (taken[0]?.value.isolated) return taken;
 
-    const partitions = await this.#chunks.partitions();
-    const committed = new Map<string, bigint>();
-    for (const p of partitions) committed.set(`${p.topic}\u0000${p.partition}`, p.committed);
     // Per-partition FIFO iterators, merged by enqueue time so no partition starves.
     const heads: Array<{
       it: AsyncIterator<Deno.KvEntry<StoredChunk>>;
       head?: Deno.KvEntry<StoredChunk>;
+      committed: bigint;
     }> = [];
-    for (const p of partitions) {
+    for (const p of await this.#chunks.partitions()) {
       const it = kv.list<StoredChunk>({ prefix: chunkPartitionPrefix(p.topic, p.partition) }, {
         batchSize: 50,
       })[Symbol.asyncIterator]();
       const first = await it.next();
-      if (!first.done) heads.push({ it, head: first.value });
+      if (!first.done) heads.push({ it, head: first.value, committed: p.committed });
     }
+    const fromPartitions = new Set<(typeof heads)[number]>();
+    let straddling = 0;
     while (rows < candidateRows && taken.length < MAX_CHUNKS_PER_COMMIT) {
       let best: (typeof heads)[number] | undefined;
       for (const h of heads) {
         const c = h.head;
         if (c === undefined) continue;
-        const owned = committed.get(`${c.value.topic}\u0000${c.value.partition}`) ?? 0n;
-        if (chunkLastOffset(c.value) >= owned) continue;
+        // A chunk holds owned rows when its first offset is below `committed`.
+        if (parseChunkKey(c.key) >= h.committed) continue;
         if (day !== undefined && c.value.day !== day) continue;
+        // The seal's commit rewrites the pending rows of each chunk holding both.
+        const straddles = chunkLastOffset(c.value) >= h.committed;
+        if (straddles && straddling >= MAX_SEAL_STRADDLING) continue;
+        // The seal checks the last chunk taken from each partition, and Deno KV allows 100 checks.
+        if (!fromPartitions.has(h) && fromPartitions.size >= MAX_SEAL_PARTITIONS) continue;
         if (best === undefined || c.value.enqueuedAt < best.head!.value.enqueuedAt) best = h;
       }
       if (best === undefined) break;
-      const { key, value } = best.head!;
+      fromPartitions.add(best);
+      const { key, value, versionstamp } = best.head!;
+      const straddles = chunkLastOffset(value) >= best.committed;
+      if (straddles) straddling++;
       day ??= value.day;
       taken.push({
         key,
         value,
+        partition: { versionstamp, committed: best.committed },
         rest: (left, sources) =>
           packToFit(left, sources).map(({ data, offsets }) => [
             chunkKey(value.topic, value.partition, offsets[0]!),
@@ -227,8 +291,9 @@ export class Sealing {
           ]),
       });
       rows += chunkCount(value);
-      const n = await best.it.next();
-      best.head = n.done ? undefined : n.value;
+      // Rows after a chunk holding pending rows are pending too.
+      const n = straddles ? undefined : await best.it.next();
+      best.head = n === undefined || n.done ? undefined : n.value;
     }
     return taken;
   }

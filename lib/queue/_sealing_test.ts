@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { openQueue } from "./kv_queue.ts";
 import { decodeRows } from "./_row_binary.ts";
-import { batchPartPrefix, batchRowsPrefix, returnedPrefix } from "./_keys.ts";
+import { batchPartKey, batchPartPrefix, batchRowsPrefix, returnedPrefix } from "./_keys.ts";
 import {
   appendOwned,
   assertAccounted,
@@ -13,11 +13,14 @@ import {
   DAY,
   DAY0,
   drain,
+  entries,
   idRange,
   ids,
   Packer,
   rawKeys,
+  rowId,
   tempKv,
+  TOPIC,
   utcDay,
 } from "./_queue_testing.ts";
 
@@ -239,4 +242,55 @@ Deno.test("KvQueue.unseal() interrupted before its last commit returns no row tw
   const { rows } = await drain(queue);
   assertExactlyOnce([...idRange(0, 0, 4), ...ids(rows)], idRange(0, 0, 4));
   await assertAccounted(queue, 4);
+});
+
+Deno.test("KvQueue.seal() seals again when an append grows a chunk it took", async () => {
+  await using tmp = await tempKv();
+  await using queue = await openQueue(tmp.path);
+  await appendOwned(queue, 0, 0, 5);
+  let packs = 0;
+  const packer = new Packer();
+  const batch = await queue.seal(async (rows, batchId) => {
+    // While the first body is built, an append adds pending rows to the chunk.
+    if (packs++ === 0) await queue.append(TOPIC, 0, entries(0, 5, 8), { next: 8n });
+    return await packer.pack(rows, batchId);
+  });
+  assert.equal(packs, 2);
+  assert.deepEqual(ids(packer.offered[1]!), idRange(0, 0, 5), "only the owned rows");
+  assert.equal(batch?.id, packer.batchIds[1]);
+  assert.deepEqual(await rawKeys(tmp.path, batchPartPrefix()), [batchPartKey(batch!.id, 0)]);
+  await queue.markLanded(batch!.id);
+  await queue.promote(TOPIC, 0, 8n);
+  const { rows } = await drain(queue);
+  assert.deepEqual(ids(rows), idRange(0, 5, 8));
+  await assertAccounted(queue, 8);
+});
+
+Deno.test("KvQueue.seal() takes owned rows from at most 4 chunks also holding pending rows", async () => {
+  await using tmp = await tempKv();
+  await using queue = await openQueue(tmp.path);
+  for (let p = 0; p < 6; p++) {
+    await appendOwned(queue, p, 0, 2);
+    await queue.append(TOPIC, p, entries(p, 2, 4), { next: 4n });
+  }
+  const packer = new Packer();
+  await queue.seal(packer.pack);
+  assert.deepEqual(ids(packer.offered[0]!), [0, 1, 2, 3].flatMap((p) => idRange(p, 0, 2)));
+  await queue.markLanded((await queue.batch())!.id);
+  for (let p = 0; p < 6; p++) await queue.promote(TOPIC, p, 4n);
+  const { rows } = await drain(queue);
+  assertExactlyOnce(ids(rows), [
+    ...[0, 1, 2, 3].flatMap((p) => idRange(p, 2, 4)),
+    ...[4, 5].flatMap((p) => idRange(p, 0, 4)),
+  ]);
+  await assertAccounted(queue, 24);
+});
+
+Deno.test("KvQueue.seal() takes rows from at most 99 partitions", async () => {
+  await using tmp = await tempKv();
+  await using queue = await openQueue(tmp.path);
+  for (let p = 0; p < 101; p++) await appendOwned(queue, p, 0, 1);
+  const { rows, batches } = await drain(queue);
+  assert.deepEqual(batches.map((b) => b.rows), [99, 2]);
+  assertExactlyOnce(ids(rows), Array.from({ length: 101 }, (_, p) => rowId(p, 0)));
 });

@@ -12,6 +12,8 @@
  *
  * Chunks hold the rows of one partition and one UTC day, so a sealed batch
  * lands in exactly one ClickHouse partition and an INSERT is all-or-nothing.
+ * A chunk is one KV value of zstd-compressed RowBinary and offsets, grown by
+ * later appends until it nears the 64 KiB value limit.
  *
  * {@linkcode KvQueue} composes the parts, each in its own file: row chunks
  * (append, promote, drop), sealing and unsealing, the sealed batch, and stats.

@@ -200,7 +200,7 @@ Deno.test("openQueue() reads a queue written before chunks were compressed", asy
   });
 
   await t.step("unseal() hands the old batch back behind the old returned rows", async () => {
-    // Partition 1's chunk waits: its last rows are still pending.
+    // Of partition 1's chunk only the owned rows are offered.
     await queue.unseal(batchId);
     assert.equal(await queue.batch(), null);
     const packer = new Packer(1);
@@ -209,6 +209,7 @@ Deno.test("openQueue() reads a queue written before chunks were compressed", asy
       ...idRange(3, 0, 2),
       ...idRange(2, 0, 3),
       ...idRange(0, 0, 10),
+      ...idRange(1, 0, 2),
     ]);
     await queue.markLanded((await queue.batch())!.id);
   });
