@@ -45,8 +45,11 @@ export const MAX_CHUNKS_PER_COMMIT = 900;
 
 /** Chunks smaller than this take the rows of later appends of their day. */
 const MERGE_BELOW_BYTES = 45_000;
-/** Tries of an append before it stops growing the last chunk, which a seal keeps taking. */
-const MAX_APPEND_ATTEMPTS = 5;
+/**
+ * Tries of an append or a drop that a seal's commit beat. An append stops
+ * growing the last chunk after these; a drop then fails with `kv_conflict`.
+ */
+const MAX_TRIES = 5;
 
 /** The last chunk of a partition, which an append grows. */
 interface Tail {
@@ -105,7 +108,7 @@ export class RowChunks {
     next: bigint,
   ): Promise<number> {
     for (let attempt = 1;; attempt++) {
-      const merge = attempt < MAX_APPEND_ATTEMPTS;
+      const merge = attempt < MAX_TRIES;
       const appended = await this.#appendOnce(topic, partition, entries, next, merge);
       if (appended !== null) return appended;
     }
@@ -272,6 +275,22 @@ export class RowChunks {
 
   /** See {@linkcode KvQueue.dropPending}. */
   async dropPending(topic: string, partition: number, resumeAt: bigint): Promise<number> {
+    for (let attempt = 1;; attempt++) {
+      const dropped = await this.#dropPendingOnce(topic, partition, resumeAt, attempt);
+      if (dropped !== null) return dropped;
+    }
+  }
+
+  /**
+   * One try of {@linkcode RowChunks.dropPending}; `null` when nothing was
+   * written because a seal took the owned rows of the chunk it cut.
+   */
+  async #dropPendingOnce(
+    topic: string,
+    partition: number,
+    resumeAt: bigint,
+    attempt: number,
+  ): Promise<number | null> {
     const kv = this.#store.kv;
     const entry = await kv.get<PartitionState>(partitionKey(topic, partition));
     if (entry.value === null) return 0;
@@ -289,8 +308,8 @@ export class RowChunks {
         { code: "too_many_pending", retriable: false },
       );
     }
-    // The partition check suffices: every writer of pending chunks changes the
-    // partition state, and Deno KV allows only 100 checks per commit.
+    // The partition check covers the pending chunks: every writer of them
+    // changes the partition state, and Deno KV allows only 100 checks per commit.
     const op = kv.atomic().check(entry);
     let dropped = 0;
     for (const c of doomed) {
@@ -298,12 +317,17 @@ export class RowChunks {
       dropped += chunkCount(c.value);
     }
     // A chunk an append grew may hold owned rows first and pending ones after.
+    // A seal that takes its owned rows writes the pending ones under a new
+    // key, which this check catches.
+    let straddling: Deno.KvEntry<StoredChunk> | undefined;
     const before = kv.list<StoredChunk>({
       prefix: chunkPartitionPrefix(topic, partition),
       end: chunkKey(topic, partition, committed),
     }, { reverse: true, limit: 1 });
     for await (const c of before) {
       if (chunkLastOffset(c.value) < committed) break;
+      straddling = c;
+      op.check(c);
       const { rows, offsets } = unpackChunk(c.value);
       const kept = offsets.findIndex((o) => o >= committed);
       const lengths = rowLengths(rows).slice(0, kept);
@@ -320,12 +344,16 @@ export class RowChunks {
     // Subtracting 0 as 2^64 does not fit a KvU64.
     if (dropped > 0) op.sum(counterKey("queued_rows"), 2n ** 64n - BigInt(dropped));
     const res = await this.#store.commit(op, `drop pending rows of partition ${partition}`);
-    if (!res.ok) {
-      throw new QueueError(
-        `Cannot drop pending rows of partition ${partition} of ${topic} as another writer changed it`,
-        { code: "kv_conflict", retriable: true },
-      );
+    if (res.ok) return dropped;
+    const now = await kv.get<PartitionState>(partitionKey(topic, partition));
+    if (
+      straddling !== undefined && now.versionstamp === entry.versionstamp && attempt < MAX_TRIES
+    ) {
+      return null;
     }
-    return dropped;
+    throw new QueueError(
+      `Cannot drop pending rows of partition ${partition} of ${topic} as another writer changed it`,
+      { code: "kv_conflict", retriable: true },
+    );
   }
 }
