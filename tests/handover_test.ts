@@ -1,5 +1,5 @@
 /**
- * The crash-recovery paths of the ownership protocol (lib/source/_commit_metadata.ts),
+ * The crash-recovery paths of the ownership protocol (lib/source/commit_metadata.ts),
  * each built deterministically from real parts: real Kafka group offsets, a
  * real KV file and the real service as a child process.
  *
@@ -26,8 +26,8 @@
  * `settlePending()` can settle the rows, within a minute.
  */
 import assert from "node:assert/strict";
-import { formatMetadata, parseMetadata } from "../lib/source/_commit_metadata.ts";
-import { partitionKey } from "../lib/queue/_keys.ts";
+import { formatMetadata, parseMetadata } from "../lib/source/commit_metadata.ts";
+import { partitionKey } from "../lib/queue/keys.ts";
 import { openQueue, type PartitionState, type QueueEntry } from "../lib/queue/kv_queue.ts";
 import { messageToRow } from "../lib/record/message_to_row.ts";
 import type { HttpLogRecord } from "../lib/record/types.ts";

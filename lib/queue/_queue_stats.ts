@@ -8,7 +8,7 @@ import type { KvStore } from "./_kv_store.ts";
 import { chunkBytes, type StoredChunk } from "./_chunk.ts";
 import type { RowChunks } from "./_row_chunks.ts";
 import type { SealedBatch } from "./_sealed_batch.ts";
-import { chunkPartitionPrefix, counterKey } from "./_keys.ts";
+import { chunkPartitionPrefix, counterKey } from "./keys.ts";
 import type { QueueStats } from "./types.ts";
 
 /** Reads {@linkcode QueueStats}; see {@linkcode KvQueue.stats}. */

@@ -9,7 +9,7 @@ import { QueueError } from "../errors.ts";
 import type { HttpLogRow } from "../record/types.ts";
 import type { BatchMeta, KvQueue, PackResult, QueueEntry } from "./kv_queue.ts";
 import { decodeRows, encodeRows } from "./_row_binary.ts";
-import { chunkPartitionPrefix, parseChunkKey } from "./_keys.ts";
+import { chunkPartitionPrefix, parseChunkKey } from "./keys.ts";
 
 export const TOPIC = "http_log";
 export const DAY = 86_400;

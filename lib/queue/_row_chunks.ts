@@ -35,7 +35,7 @@ import {
   parsePartitionKey,
   partitionKey,
   partitionPrefix,
-} from "./_keys.ts";
+} from "./keys.ts";
 import type { PartitionState, QueueEntry } from "./types.ts";
 
 /** Largest atomic commit anonymizer writes; Deno KV allows 800 KiB. */

@@ -17,7 +17,7 @@ import {
   type ReturnedKey,
   returnedKey,
   returnedPrefix,
-} from "./_keys.ts";
+} from "./keys.ts";
 import type { BatchEntries, BatchMeta, BatchState } from "./types.ts";
 
 /** Reads and updates the sealed batch. */

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { type BatchMeta, openQueue } from "./kv_queue.ts";
 import { decodeRows } from "./_row_binary.ts";
-import { batchKey, batchPartPrefix, batchRowsPrefix, counterKey } from "./_keys.ts";
+import { batchKey, batchPartPrefix, batchRowsPrefix, counterKey } from "./keys.ts";
 import {
   appendOwned,
   assertAccounted,

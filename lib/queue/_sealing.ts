@@ -37,7 +37,7 @@ import {
   type ReturnedKey,
   returnedKey,
   returnedPrefix,
-} from "./_keys.ts";
+} from "./keys.ts";
 import type { BatchMeta, PackResult } from "./types.ts";
 
 /** Tries of a seal before it gives up on chunks that appends keep growing. */

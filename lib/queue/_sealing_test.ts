@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { openQueue } from "./kv_queue.ts";
 import { decodeRows } from "./_row_binary.ts";
-import { batchPartKey, batchPartPrefix, batchRowsPrefix, returnedPrefix } from "./_keys.ts";
+import { batchPartKey, batchPartPrefix, batchRowsPrefix, returnedPrefix } from "./keys.ts";
 import {
   appendOwned,
   assertAccounted,

@@ -33,7 +33,7 @@ import {
   pacerKey,
   parseBatchId,
   serverKey,
-} from "./_keys.ts";
+} from "./keys.ts";
 import type { HttpLogRow } from "../record/types.ts";
 import type { PacerState } from "../pacer.ts";
 import type {

@@ -11,7 +11,7 @@ import {
   counterKey,
   partitionKey,
   returnedKey,
-} from "./_keys.ts";
+} from "./keys.ts";
 import {
   appendOwned,
   assertAccounted,

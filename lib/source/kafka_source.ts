@@ -20,7 +20,7 @@ import { getLogger } from "@logtape/logtape";
 import { type ErrorCode, QueueError } from "../errors.ts";
 import type { KvQueue, QueueEntry } from "../queue/kv_queue.ts";
 import type { HttpLogRow } from "../record/types.ts";
-import { formatMetadata, parseMetadata, resolvePending, takeOver } from "./_commit_metadata.ts";
+import { formatMetadata, parseMetadata, resolvePending, takeOver } from "./commit_metadata.ts";
 import type { SlotSchedule } from "../slot_schedule.ts";
 import { GroupView } from "./_group_view.ts";
 import type { MessageHeaders, SourceBatch, SourceConsumer } from "./source_consumer.ts";

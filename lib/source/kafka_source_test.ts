@@ -7,7 +7,7 @@ import { SlotSchedule } from "../slot_schedule.ts";
 import { QueueError } from "../errors.ts";
 import { type KvQueue, openQueue } from "../queue/kv_queue.ts";
 import type { HttpLogRow } from "../record/types.ts";
-import { formatMetadata, parseMetadata } from "./_commit_metadata.ts";
+import { formatMetadata, parseMetadata } from "./commit_metadata.ts";
 import {
   type DeadLetterMessage,
   KafkaSource,

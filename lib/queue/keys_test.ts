@@ -11,7 +11,7 @@ import {
   parseReturnedKey,
   partitionKey,
   returnedKey,
-} from "./_keys.ts";
+} from "./keys.ts";
 
 Deno.test("parsePartitionKey() and the other parsers read back what the builders wrote", () => {
   assert.deepEqual(parsePartitionKey(partitionKey("http_log", 3)), {
