@@ -215,11 +215,14 @@ export function packToFit(
  * left of a returned chunk, which was packed from at most
  * {@linkcode RETURNED_PACK_BYTES}.
  */
-export function packOne(rows: readonly HttpLogRow[], sources: RowSources): Uint8Array {
+export function packOne(
+  rows: readonly HttpLogRow[] | EncodedRows,
+  sources: RowSources,
+): Uint8Array {
   return packRows({
     offsets: sources.offsets,
     partitions: sources.partitions,
-    rows: encodeRows(rows),
+    rows: "bytes" in rows ? rows.bytes : encodeRows(rows),
   });
 }
 

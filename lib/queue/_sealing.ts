@@ -13,6 +13,7 @@ import {
   chunkLastOffset,
   type ChunkRows,
   DAY_SECONDS,
+  type EncodedRows,
   MAX_VALUE_BYTES,
   type PackedChunk,
   packedChunk,
@@ -23,7 +24,7 @@ import {
   type StoredChunk,
   unpackChunk,
 } from "./_chunk.ts";
-import { decodeRows } from "./_row_binary.ts";
+import { decodeRows, rowLengths } from "./_row_binary.ts";
 import { MAX_CHUNKS_PER_COMMIT, type RowChunks } from "./_row_chunks.ts";
 import type { SealedBatch } from "./_sealed_batch.ts";
 import {
@@ -65,7 +66,7 @@ interface Candidate {
    */
   partition?: { versionstamp: string; committed: bigint };
   /** Values, with their keys, that keep the rows of the chunk the seal leaves. */
-  rest(rows: readonly HttpLogRow[], sources: RowSources): Array<readonly [Deno.KvKey, PackedChunk]>;
+  rest(rows: EncodedRows, sources: RowSources): Array<readonly [Deno.KvKey, PackedChunk]>;
 }
 
 /** A candidate unpacked: all its rows, and how many from the front are offered. */
@@ -133,19 +134,30 @@ export class Sealing {
         { code: "pack_invalid", retriable: false },
       );
     }
-    const rows = offered.slice(0, packed.rowCount);
-    const offsets = new BigInt64Array(rows.length);
-    const partitions = new Int32Array(rows.length);
-    for (let i = 0, n = 0; n < rows.length; i++) {
+    const total = packed.rowCount;
+    const offsets = new BigInt64Array(total);
+    const partitions = new Int32Array(total);
+    // The batch keeps the rows' RowBinary exactly as the chunks held it: a row
+    // is encoded once for the queue, and decoded only to be packed.
+    const slices: Uint8Array[] = [];
+    const lengths: number[] = [];
+    for (let i = 0, n = 0; n < total; i++) {
       const c = taken[i]!.value;
       const { sources, offered: count } = unpacked[i]!;
-      for (let j = 0; j < count && n < rows.length; j++, n++) {
+      const chunkLengths = rowLengths(sources.rows);
+      let end = 0;
+      for (let j = 0; j < count && n < total; j++, n++) {
         offsets[n] = sources.offsets[j]!;
         partitions[n] = sources.partitions?.[j] ?? c.partition;
+        lengths.push(chunkLengths[j]!);
+        end += chunkLengths[j]!;
       }
+      slices.push(sources.rows.subarray(0, end));
     }
+    const bytes = new Uint8Array(lengths.reduce((a, b) => a + b, 0));
+    slices.reduce((at, part) => (bytes.set(part, at), at + part.byteLength), 0);
     const parts = splitBytes(packed.body);
-    const rowParts = packToFit(rows, { offsets, partitions });
+    const rowParts = packToFit({ bytes, lengths }, { offsets, partitions });
     const written: Array<readonly [Deno.KvKey, Uint8Array]> = [
       ...parts.map((v, i) => [batchPartKey(id, i), v] as const),
       ...rowParts.map((v, i) => [batchRowsKey(id, i), v.data] as const),
@@ -172,7 +184,11 @@ export class Sealing {
       }
       op.delete(c.key);
       if (used < chunkRows.length) {
-        const rest = c.rest(chunkRows.slice(used), {
+        // What the seal leaves keeps its RowBinary too.
+        const lengths = rowLengths(sources.rows);
+        const start = lengths.slice(0, used).reduce((a, b) => a + b, 0);
+        const left = { bytes: sources.rows.subarray(start), lengths: lengths.slice(used) };
+        const rest = c.rest(left, {
           offsets: sources.offsets.slice(used),
           partitions: sources.partitions?.slice(used),
         });
@@ -183,13 +199,14 @@ export class Sealing {
     for (const check of lastOfPartition.values()) op.check(check);
     let minTimestamp = Infinity;
     let maxTimestamp = -Infinity;
-    for (const r of rows) {
+    for (let i = 0; i < total; i++) {
+      const r = offered[i]!;
       if (r.timestamp < minTimestamp) minTimestamp = r.timestamp;
       if (r.timestamp > maxTimestamp) maxTimestamp = r.timestamp;
     }
     const meta: BatchMeta = {
       id,
-      rows: rows.length,
+      rows: total,
       bytes: packed.body.byteLength,
       parts: parts.length,
       rowParts: rowParts.length,
