@@ -10,7 +10,7 @@
  *
  * @module
  */
-import type { Config } from "../config.ts";
+import { type Config, kafkaAuthOptions } from "../config.ts";
 import { StartupError } from "../errors.ts";
 import type { KvQueue } from "../queue/kv_queue.ts";
 import { messageToRow } from "../record/message_to_row.ts";
@@ -85,14 +85,7 @@ export async function runDlq(
   options.signal?.throwIfAborted();
   const topic = config.kafkaDlqTopic;
   const { groupId } = options;
-  const auth = {
-    ssl: config.kafkaSsl,
-    sasl: config.kafkaSaslMechanism === null ? undefined : {
-      mechanism: config.kafkaSaslMechanism,
-      username: config.kafkaSaslUsername,
-      password: config.kafkaSaslPassword,
-    },
-  };
+  const auth = kafkaAuthOptions(config);
   const clientId = `${config.kafkaClientId}-dlq-replay`;
   const admin = kafkaClient(config.kafkaBrokers, { clientId, ...auth }).admin();
   await admin.connect();
