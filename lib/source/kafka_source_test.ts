@@ -5,8 +5,9 @@
 import assert from "node:assert/strict";
 import { SlotSchedule } from "../slot_schedule.ts";
 import { QueueError } from "../errors.ts";
-import { type KvQueue, openQueue } from "../queue/kv_queue.ts";
-import type { HttpLogRow } from "../record/types.ts";
+import type { KvQueue } from "../queue/kv_queue.ts";
+import { openTempQueue } from "../../testing/temp_queue.ts";
+import { testRow } from "../../testing/test_row.ts";
 import { formatMetadata, parseMetadata } from "./commit_metadata.ts";
 import {
   type DeadLetterMessage,
@@ -114,18 +115,7 @@ class FakeConsumer implements SourceConsumer {
 function toRow(value: Uint8Array | null): MessageResult {
   const text = new TextDecoder().decode(value ?? new Uint8Array());
   if (!text.startsWith("row ")) return { ok: false, code: "not_capnp", message: "not a row" };
-  const row: HttpLogRow = {
-    timestamp: 1_700_000_000,
-    resourceId: BigInt(text.slice(4)),
-    bytesSent: 100n,
-    requestTimeMilli: 5n,
-    responseStatus: 200,
-    cacheStatus: "HIT",
-    method: "GET",
-    remoteAddr: "1.2.3.X",
-    url: "/",
-  };
-  return { ok: true, row };
+  return { ok: true, row: testRow(BigInt(text.slice(4))) };
 }
 
 function offsets(from: number, to: number): bigint[] {
@@ -137,8 +127,8 @@ async function setUp(
   wrap: (queue: KvQueue) => KvQueue = (q) => q,
   slotSchedule?: SlotSchedule,
 ) {
-  const dir = await Deno.makeTempDir({ prefix: "anonymizer-kafka-source-" });
-  const real = await openQueue(`${dir}/queue.kv`);
+  const tmp = await openTempQueue({ prefix: "anonymizer-kafka-source-" });
+  const real = tmp.queue;
   const queue = wrap(real);
   const deadLetters: DeadLetterMessage[] = [];
   const events: SourceBatchEvent[] = [];
@@ -171,10 +161,7 @@ async function setUp(
       consumer.join(partitions);
       await source.settlePending();
     },
-    async [Symbol.asyncDispose]() {
-      real.close();
-      await Deno.remove(dir, { recursive: true });
-    },
+    [Symbol.asyncDispose]: () => tmp[Symbol.asyncDispose](),
   };
 }
 
