@@ -7,7 +7,6 @@
  */
 import { parseArgs } from "node:util";
 import { ConfigError } from "./errors.ts";
-import type { KafkaClientOptions } from "./source/kafka_client.ts";
 import type { OffsetReset } from "./source/kafka_consumer.ts";
 import type { WireEncoding } from "./sink/clickhouse/pack_batch.ts";
 import type { SlotSharing } from "./slot_schedule.ts";
@@ -167,33 +166,4 @@ export function settingsHelp(): string {
  */
 export function secretValues(config: Config): string[] {
   return SETTINGS.filter((s) => s.secret).map((s) => String(config[s.key])).filter((v) => v !== "");
-}
-
-/**
- * The TLS and SASL options of every Kafka client the service opens, from
- * `config`: one place, so the consumer, the dead-letter producer and the
- * replay connect alike.
- *
- * @example
- * ```ts
- * import { kafkaAuthOptions, loadConfig } from "./config.ts";
- * import assert from "node:assert/strict";
- *
- * const env = { KAFKA_SASL_MECHANISM: "plain", KAFKA_SASL_USERNAME: "u", KAFKA_SASL_PASSWORD: "p" };
- * assert.deepEqual(kafkaAuthOptions(loadConfig(env, [])), {
- *   ssl: false,
- *   sasl: { mechanism: "plain", username: "u", password: "p" },
- * });
- * assert.equal(kafkaAuthOptions(loadConfig({}, [])).sasl, undefined);
- * ```
- */
-export function kafkaAuthOptions(config: Config): Pick<KafkaClientOptions, "ssl" | "sasl"> {
-  return {
-    ssl: config.kafkaSsl,
-    sasl: config.kafkaSaslMechanism === null ? undefined : {
-      mechanism: config.kafkaSaslMechanism,
-      username: config.kafkaSaslUsername,
-      password: config.kafkaSaslPassword,
-    },
-  };
 }

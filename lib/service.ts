@@ -6,7 +6,8 @@
  */
 import { dirname, resolve } from "node:path";
 import { getLogger } from "@logtape/logtape";
-import { type Config, kafkaAuthOptions, secretValues } from "./config.ts";
+import { type Config, secretValues } from "./config.ts";
+import { kafkaAuthOptions } from "./source/kafka_auth.ts";
 import { ClickHouseClient } from "./sink/clickhouse/clickhouse_client.ts";
 import { SlotSchedule, type SlotYield } from "./slot_schedule.ts";
 import { SlotYieldChannel } from "./source/slot_yields.ts";

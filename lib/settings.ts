@@ -8,8 +8,6 @@ import type { Config } from "./config.ts";
 import { parseHostPort } from "./host_port.ts";
 import type { OffsetReset } from "./source/kafka_consumer.ts";
 import { isTopicName, TOPIC_NAME_RULE } from "./source/topic_name.ts";
-import type { WireEncoding } from "./sink/clickhouse/pack_batch.ts";
-import type { SlotSharing } from "./slot_schedule.ts";
 import { DEFAULT_SPACING_MS } from "./pacer.ts";
 
 /** One setting: where it comes from, its default, and how it is checked. */

@@ -10,7 +10,8 @@
  *
  * @module
  */
-import { type Config, kafkaAuthOptions } from "../config.ts";
+import type { Config } from "../config.ts";
+import { kafkaAuthOptions } from "./kafka_auth.ts";
 import { StartupError } from "../errors.ts";
 import type { KvQueue } from "../queue/kv_queue.ts";
 import { messageToRow } from "../record/message_to_row.ts";
