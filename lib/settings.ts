@@ -7,8 +7,7 @@
 import type { Config } from "./config.ts";
 import { parseHostPort } from "./host_port.ts";
 import type { OffsetReset } from "./source/kafka_consumer.ts";
-import type { WireEncoding } from "./sink/clickhouse/pack_batch.ts";
-import type { SlotSharing } from "./slot_schedule.ts";
+import { isTopicName, TOPIC_NAME_RULE } from "./source/topic_name.ts";
 import { DEFAULT_SPACING_MS } from "./pacer.ts";
 
 /** One setting: where it comes from, its default, and how it is checked. */
@@ -54,9 +53,7 @@ const nonEmpty = (raw: string, fail: (r: string) => never) => {
 };
 
 const topic = (raw: string, fail: (r: string) => never) => {
-  if (!/^[A-Za-z0-9._][A-Za-z0-9._-]{0,248}$/.test(raw)) {
-    fail("must be 1 to 249 of [A-Za-z0-9._-], not starting with -");
-  }
+  if (!isTopicName(raw)) fail(TOPIC_NAME_RULE);
   return raw;
 };
 

@@ -195,3 +195,29 @@ export async function crashAfterCommits(n: number, work: () => Promise<unknown>)
   }
   assert.ok(left < 0, "the crash happened");
 }
+
+/**
+ * Runs `work` with `during` slipped in before its first KV commit, as a
+ * concurrent writer would after `work` read and before it committed;
+ * resolves to what `work` resolves to once `during` has run.
+ */
+export async function interleaveBeforeCommit<T>(
+  during: () => Promise<unknown>,
+  work: () => Promise<T>,
+): Promise<T> {
+  const proto = Deno.AtomicOperation.prototype;
+  const commit = proto.commit;
+  let pending: (() => Promise<unknown>) | undefined = during;
+  proto.commit = async function (this: Deno.AtomicOperation) {
+    const before = pending;
+    pending = undefined;
+    await before?.();
+    return await commit.call(this);
+  };
+  try {
+    return await work();
+  } finally {
+    proto.commit = commit;
+    assert.equal(pending, undefined, "the interleaved write ran");
+  }
+}

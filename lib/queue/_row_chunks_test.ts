@@ -15,6 +15,7 @@ import {
   entries,
   idRange,
   ids,
+  interleaveBeforeCommit,
   Packer,
   row,
   rowId,
@@ -379,21 +380,14 @@ Deno.test("KvQueue.append() starts over when a seal takes the chunk it grows", a
   await using queue = await openQueue(tmp.path);
   await appendOwned(queue, 0, 0, 5);
   // The seal runs after the append read the last chunk and before it commits.
-  const proto = Deno.AtomicOperation.prototype;
-  const commit = proto.commit;
-  let seal: (() => Promise<unknown>) | undefined = () => queue.seal(new Packer().pack);
-  proto.commit = async function (this: Deno.AtomicOperation) {
-    const before = seal;
-    seal = undefined;
-    await before?.();
-    return await commit.call(this);
-  };
-  try {
-    assert.equal(await queue.append(TOPIC, 0, entries(0, 5, 8), { next: 8n }), 3);
-  } finally {
-    proto.commit = commit;
-  }
-  assert.equal(seal, undefined, "the seal ran");
+  const seal = () => queue.seal(new Packer().pack);
+  assert.equal(
+    await interleaveBeforeCommit(
+      seal,
+      () => queue.append(TOPIC, 0, entries(0, 5, 8), { next: 8n }),
+    ),
+    3,
+  );
   const sealed = await queue.batch();
   assert.equal(sealed?.rows, 5);
   await queue.markLanded(sealed!.id);
@@ -410,21 +404,8 @@ Deno.test("KvQueue.dropPending() starts over when a seal takes the owned rows of
   await queue.append(TOPIC, 0, entries(0, 5, 8), { next: 8n });
   assert.deepEqual(await chunkOffsets(tmp.path, 0), [0n], "one chunk, owned rows then pending");
   // The seal runs after the drop read the chunk and before it commits.
-  const proto = Deno.AtomicOperation.prototype;
-  const commit = proto.commit;
-  let seal: (() => Promise<unknown>) | undefined = () => queue.seal(new Packer().pack);
-  proto.commit = async function (this: Deno.AtomicOperation) {
-    const before = seal;
-    seal = undefined;
-    await before?.();
-    return await commit.call(this);
-  };
-  try {
-    assert.equal(await queue.dropPending(TOPIC, 0, 20n), 3);
-  } finally {
-    proto.commit = commit;
-  }
-  assert.equal(seal, undefined, "the seal ran");
+  const seal = () => queue.seal(new Packer().pack);
+  assert.equal(await interleaveBeforeCommit(seal, () => queue.dropPending(TOPIC, 0, 20n)), 3);
   const sealed = await queue.batch();
   assert.deepEqual(ids((await queue.batchEntries(sealed!)).rows), idRange(0, 0, 5));
   await queue.markLanded(sealed!.id);
