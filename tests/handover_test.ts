@@ -410,11 +410,15 @@ async function aSettles(
   logged: { line: RegExp; what: string },
 ): Promise<RegExpExecArray> {
   const t0 = Date.now();
+  // A settles in two KV writes (promote, then drop what another owner stored) and logs after
+  // both: read its state only then, or the moment between the two looks settled.
+  await until(`A logging its ${logged.what}`, () => logged.line.test(a.log()) || undefined, 150_000)
+    .catch(() => undefined);
   const state = await waitForSettled(s, a);
   progress(`  A settled partition ${P} after ${Math.round((Date.now() - t0) / 1000)} s`);
-  assert.deepEqual(state, { committed: end, next: end });
   const m = logged.line.exec(a.log());
   assert.ok(m, `A logged no ${logged.what}; its log ends:\n${a.log().slice(-2000)}`);
+  assert.deepEqual(state, { committed: end, next: end });
   progress(`  A's log: ${m[0]}`);
   return m;
 }
