@@ -40,6 +40,8 @@ export * from "./lib/sink/clickhouse/pack_batch.ts";
 export * from "./lib/sink/clickhouse/clickhouse_client.ts";
 export * from "./lib/sink/clickhouse/migrate.ts";
 export * from "./lib/config.ts";
+export * from "./lib/settings.ts";
+export * from "./lib/host_port.ts";
 export * from "./lib/service.ts";
 export * from "./lib/metrics.ts";
 export * from "./lib/observability_server.ts";

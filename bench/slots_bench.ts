@@ -32,10 +32,10 @@
  * - `ceiling_share`: `rows_per_s` / the ceiling of one instance measured in
  *   the same run (N = 1), when it was run.
  * - `latency_p50_s`/`latency_p99_s`: per row of the window's INSERTs, nginx's
- *   `$msec` of the INSERT minus the row's own timestamp (whole seconds, set
- *   by the producer when it made the record). The producer is faster than
- *   the ceiling, so the backlog grows during a run and so does this figure:
- *   it is queueing delay, not the pipeline's own.
+ *   `$msec` of the INSERT minus the time Kafka acknowledged the record (the
+ *   producer's acknowledged count is sampled every 250 ms, so ±0.25 s). The
+ *   producer is faster than the ceiling, so the backlog grows during a run
+ *   and so does this figure: it is queueing delay, not the pipeline's own.
  * - `insert_spacing_s`: seconds between consecutive accepted INSERTs.
  * - `failover_s`: step 3.
  *
@@ -128,6 +128,12 @@ async function measure(n: number): Promise<Record<string, unknown>> {
   delete world.env.CLICKHOUSE_MARGIN_MS;
   progress(`N=${n}: topic ${world.topic}, stock proxy ${world.proxy.url}`);
   const feed = await startFeed(KAFKA_BROKERS, world.topic, { rate, seed: seed + n });
+  // When the i-th record was acknowledged: the first sample whose count passed i.
+  const ackSamples: Array<{ at: number; count: number }> = [];
+  const sampler = setInterval(
+    () => ackSamples.push({ at: Date.now(), count: feed.acked.length }),
+    250,
+  );
   const services: ServiceProcess[] = [];
   const kvs = Array.from({ length: n }, (_, i) => `${world.dir}/kv${i}/queue.kv`);
   try {
@@ -159,15 +165,18 @@ async function measure(n: number): Promise<Record<string, unknown>> {
     );
     const latencies: number[] = [];
     if (batchIds.length > 0) {
+      const indexOf = new Map(feed.acked.map((r, i) => [String(r.resourceId), i]));
       const tsv = await clickhouseQuery(
-        `SELECT batch_id, toUInt32(timestamp), count() FROM ${world.database}.http_log ` +
-          `WHERE batch_id IN (${batchIds.join(",")}) GROUP BY batch_id, timestamp FORMAT TSV`,
+        `SELECT batch_id, resource_id FROM ${world.database}.http_log ` +
+          `WHERE batch_id IN (${batchIds.join(",")}) FORMAT TSV`,
       );
       for (const line of tsv.trim().split("\n").filter((l) => l !== "")) {
-        const [id, ts, c] = line.split("\t");
+        const [id, resource] = line.split("\t");
         const at = insertAt.get(id);
-        if (at === undefined) continue;
-        for (let i = 0; i < Number(c); i++) latencies.push(at - Number(ts));
+        const index = indexOf.get(resource!);
+        if (at === undefined || index === undefined) continue;
+        const acked = ackSamples.find((s) => s.count > index);
+        if (acked !== undefined) latencies.push(at - acked.at / 1000);
       }
     }
     latencies.sort((a, b) => a - b);
@@ -249,6 +258,7 @@ async function measure(n: number): Promise<Record<string, unknown>> {
       duplicated: dup,
     };
   } finally {
+    clearInterval(sampler);
     await feed.stop().catch(() => {});
     for (const s of services) if (!s.hasExited) await s.kill();
     await closeWorld(world, values.keep);

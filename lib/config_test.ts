@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { loadConfig, parseHostPort } from "./config.ts";
+import { loadConfig } from "./config.ts";
+import { parseHostPort } from "./host_port.ts";
 import { ConfigError } from "./errors.ts";
 
 const ACCEPTED: ReadonlyArray<[string, { hostname: string; port: number }]> = [

@@ -58,6 +58,8 @@ export type ErrorCode =
   | "ids_exhausted"
   | "too_many_pending"
   | "row_too_large"
+  | "queue_format_unknown"
+  | "kv_key_invalid"
   // Requests to ClickHouse through ch-proxy.
   | "proxy_refused"
   | "proxy_error"

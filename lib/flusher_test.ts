@@ -11,8 +11,10 @@ import {
   type Landing,
   type SystemicFailure,
 } from "./flusher.ts";
-import { type BatchMeta, type KvQueue, openQueue, type PackResult } from "./queue/kv_queue.ts";
+import type { BatchMeta, KvQueue, PackResult } from "./queue/kv_queue.ts";
 import type { HttpLogRow } from "./record/types.ts";
+import { openTempQueue } from "../testing/temp_queue.ts";
+import { testRow } from "../testing/test_row.ts";
 import type { CheckResult, PackHints, Sink, SinkFailure, SinkProfile } from "./sink/sink.ts";
 
 const SPACING_MS = 62_500;
@@ -162,17 +164,7 @@ class FakeSink implements Sink {
 }
 
 function row(i: number): HttpLogRow {
-  return {
-    timestamp: 1_700_000_000 + i,
-    resourceId: BigInt(i),
-    bytesSent: 100n,
-    requestTimeMilli: 5n,
-    responseStatus: 200,
-    cacheStatus: "HIT",
-    method: "GET",
-    remoteAddr: "1.2.3.X",
-    url: `/r/${i}`,
-  };
+  return testRow(i, { timestamp: 1_700_000_000 + i, url: `/r/${i}` });
 }
 
 const ids = (n: number): bigint[] => Array.from({ length: n }, (_, i) => BigInt(i));
@@ -195,9 +187,9 @@ async function rig(
   rows: number,
   profile: ConstructorParameters<typeof FakeSink>[1] = { dedup: "check" },
 ): Promise<Rig> {
-  const dir = await Deno.makeTempDir({ prefix: "anonymizer-flusher-" });
   const clock = new FakeClock();
-  const queue = await openQueue(`${dir}/q.kv`, { now: clock.now });
+  const tmp = await openTempQueue({ prefix: "anonymizer-flusher-", now: clock.now });
+  const { queue } = tmp;
   await queue.setServer({ version: "1.0", checkedAt: clock.now() });
   const entries = Array.from({ length: rows }, (_, i) => ({ offset: BigInt(i), row: row(i) }));
   await queue.append(TOPIC, 0, entries, { next: BigInt(rows) });
@@ -242,8 +234,7 @@ async function rig(
     },
     async [Symbol.asyncDispose]() {
       await flusher.stop({ graceMs: 1_000 });
-      queue.close();
-      await Deno.remove(dir, { recursive: true });
+      await tmp[Symbol.asyncDispose]();
     },
   };
 }
@@ -471,9 +462,9 @@ Deno.test("Flusher asks the version first, and sends nothing to a server it cann
     assert.equal((await r.queue.server())?.version, "1.0");
   });
   await t.step("an unknown version: no INSERT, checked again later", async () => {
-    const dir = await Deno.makeTempDir({ prefix: "anonymizer-flusher-" });
     const clock = new FakeClock();
-    await using queue = await openQueue(`${dir}/q.kv`, { now: clock.now });
+    await using tmp = await openTempQueue({ prefix: "anonymizer-flusher-", now: clock.now });
+    const { queue } = tmp;
     await queue.append(TOPIC, 0, [{ offset: 0n, row: row(0) }], { next: 1n });
     await queue.promote(TOPIC, 0, 1n);
     const sink = new FakeSink(clock);
@@ -491,7 +482,6 @@ Deno.test("Flusher asks the version first, and sends nothing to a server it cann
       "checked again in 10 minutes",
     );
     assert.equal(flusher.status().serverVersion, null);
-    await Deno.remove(dir, { recursive: true });
   });
 });
 

@@ -7,6 +7,7 @@
 import { dirname, resolve } from "node:path";
 import { getLogger } from "@logtape/logtape";
 import { type Config, secretValues } from "./config.ts";
+import { kafkaAuthOptions } from "./source/kafka_auth.ts";
 import { ClickHouseClient } from "./sink/clickhouse/clickhouse_client.ts";
 import { SlotSchedule, type SlotYield } from "./slot_schedule.ts";
 import { SlotYieldChannel } from "./source/slot_yields.ts";
@@ -94,14 +95,7 @@ export async function startService(config: Config, options: ServiceOptions = {})
     password: config.clickhousePassword,
     timeoutMs: config.clickhouseTimeoutMs,
   });
-  const kafkaAuth = {
-    ssl: config.kafkaSsl,
-    sasl: config.kafkaSaslMechanism === null ? undefined : {
-      mechanism: config.kafkaSaslMechanism,
-      username: config.kafkaSaslUsername,
-      password: config.kafkaSaslPassword,
-    },
-  };
+  const kafkaAuth = kafkaAuthOptions(config);
   const deadLetters = new DeadLetterProducer(config.kafkaBrokers, {
     topic: config.kafkaDlqTopic,
     sourceTopic: config.kafkaTopic,

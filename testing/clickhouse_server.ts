@@ -17,6 +17,7 @@ import {
   freePort,
   readOrEmpty,
 } from "./stack.ts";
+import { stopAndRemove } from "./_stop_and_remove.ts";
 
 const CONFIG_TEMPLATE = new URL("../stack/clickhouse-config.xml.tmpl", import.meta.url);
 const USERS_CONFIG = new URL("../stack/clickhouse-users.xml", import.meta.url);
@@ -234,10 +235,7 @@ class PrivateServer implements ClickHouseServer {
   }
 
   close(): Promise<void> {
-    return this.#closing ??= (async () => {
-      await this.stop();
-      await Deno.remove(this.dir, { recursive: true }).catch(() => {});
-    })();
+    return this.#closing ??= stopAndRemove(() => this.stop(), this.dir);
   }
 
   [Symbol.asyncDispose](): Promise<void> {

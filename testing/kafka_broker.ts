@@ -12,6 +12,7 @@ import { type Kafka, logLevel } from "kafkajs";
 import { kafkaClient } from "../lib/source/kafka_client.ts";
 import { AnonymizerError } from "../lib/errors.ts";
 import { createTopic, fillTemplate, freePort } from "./stack.ts";
+import { stopAndRemove } from "./_stop_and_remove.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const STACK_DIR = Deno.env.get("STACK_DIR") ?? `${ROOT}.stack`;
@@ -316,10 +317,7 @@ class Broker implements KafkaBroker {
   }
 
   close(): Promise<void> {
-    return this.#closing ??= (async () => {
-      await this.stop();
-      await Deno.remove(this.dir, { recursive: true }).catch(() => {});
-    })();
+    return this.#closing ??= stopAndRemove(() => this.stop(), this.dir);
   }
 
   [Symbol.asyncDispose](): Promise<void> {

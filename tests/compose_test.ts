@@ -7,7 +7,8 @@
  */
 import assert from "node:assert/strict";
 import { ClickHouseClient } from "../lib/sink/clickhouse/clickhouse_client.ts";
-import { loadConfig, SETTINGS } from "../lib/config.ts";
+import { loadConfig } from "../lib/config.ts";
+import { SETTINGS } from "../lib/settings.ts";
 import { migrate } from "../lib/sink/clickhouse/migrate.ts";
 import { DASHBOARD_FILE, dashboardText, NOT_ON_DASHBOARD } from "../deploy/grafana/dashboard.ts";
 import { ALL_TARGETS, CLICKHOUSE_URL, clickhouseQuery, uniqueName } from "../testing/stack.ts";

@@ -5,7 +5,8 @@
  * explains itself with --help. Each case runs the real CLI as a subprocess.
  */
 import assert from "node:assert/strict";
-import { loadConfig, SETTINGS } from "../lib/config.ts";
+import { loadConfig } from "../lib/config.ts";
+import { SETTINGS } from "../lib/settings.ts";
 import { runCli } from "../testing/cli.ts";
 
 /** One value per setting that its parser must refuse. */

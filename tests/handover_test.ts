@@ -1,5 +1,5 @@
 /**
- * The crash-recovery paths of the ownership protocol (lib/source/_commit_metadata.ts),
+ * The crash-recovery paths of the ownership protocol (lib/source/commit_metadata.ts),
  * each built deterministically from real parts: real Kafka group offsets, a
  * real KV file and the real service as a child process.
  *
@@ -26,8 +26,8 @@
  * `settlePending()` can settle the rows, within a minute.
  */
 import assert from "node:assert/strict";
-import { formatMetadata, parseMetadata } from "../lib/source/_commit_metadata.ts";
-import { partitionKey } from "../lib/queue/_keys.ts";
+import { formatMetadata, parseMetadata } from "../lib/source/commit_metadata.ts";
+import { partitionKey } from "../lib/queue/keys.ts";
 import { openQueue, type PartitionState, type QueueEntry } from "../lib/queue/kv_queue.ts";
 import { messageToRow } from "../lib/record/message_to_row.ts";
 import type { HttpLogRecord } from "../lib/record/types.ts";
@@ -410,11 +410,15 @@ async function aSettles(
   logged: { line: RegExp; what: string },
 ): Promise<RegExpExecArray> {
   const t0 = Date.now();
+  // A settles in two KV writes (promote, then drop what another owner stored) and logs after
+  // both: read its state only then, or the moment between the two looks settled.
+  await until(`A logging its ${logged.what}`, () => logged.line.test(a.log()) || undefined, 150_000)
+    .catch(() => undefined);
   const state = await waitForSettled(s, a);
   progress(`  A settled partition ${P} after ${Math.round((Date.now() - t0) / 1000)} s`);
-  assert.deepEqual(state, { committed: end, next: end });
   const m = logged.line.exec(a.log());
   assert.ok(m, `A logged no ${logged.what}; its log ends:\n${a.log().slice(-2000)}`);
+  assert.deepEqual(state, { committed: end, next: end });
   progress(`  A's log: ${m[0]}`);
   return m;
 }

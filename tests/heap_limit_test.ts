@@ -58,7 +58,7 @@ for (
   Deno.test(`seal() of 40,000 candidates fits the run task's heap limit on ${server}`, async (t) => {
     await t.step("stock rows fill a 1 MiB body", async () => {
       const r = await largestSeal("stock", version);
-      assert.equal(r.offered, 40_000);
+      assert.ok(r.offered >= 40_000 && r.offered < 42_000, `${r.offered} rows offered`);
       assert.equal(r.encoding, encoding);
       assert.ok(r.bytes > 0.97 * MIB && r.bytes <= MIB, `body of ${r.bytes} bytes`);
       assert.ok(r.rows > 15_000, `${r.rows} rows`);

@@ -6,36 +6,22 @@
  * ch-proxy and ClickHouse do. kafkajs's own lines: lib/source/_kafka_log_test.ts.
  */
 import assert from "node:assert/strict";
-import { configure, getTextFormatter, type LogRecord, reset } from "@logtape/logtape";
+import { getTextFormatter, reset } from "@logtape/logtape";
 import { ClickHouseClient } from "../lib/sink/clickhouse/clickhouse_client.ts";
 import { Flusher } from "../lib/flusher.ts";
 import { ClickHouseSink } from "../lib/sink/clickhouse/clickhouse_sink.ts";
 import { type KvQueue, openQueue } from "../lib/queue/kv_queue.ts";
 import { createMetrics } from "../lib/metrics.ts";
 import { packBatch } from "../lib/sink/clickhouse/pack_batch.ts";
+import { captureLogs } from "../testing/capture_logs.ts";
 import { until } from "../testing/pipeline.ts";
 import { stockRows } from "../testing/stock_rows.ts";
 
 const ROWS = 50;
 
-/** Collects every log record of `["anonymizer"]` from debug up. */
-async function captureLogs(): Promise<LogRecord[]> {
-  const records: LogRecord[] = [];
-  await configure({
-    reset: true,
-    sinks: { mem: (r) => records.push(r) },
-    loggers: [
-      { category: ["anonymizer"], lowestLevel: "debug", sinks: ["mem"] },
-      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: [] },
-    ],
-  });
-  return records;
-}
-
 /** The rendered text of a record, as the text format writes it. */
 const text = getTextFormatter();
 
-/** A queue in a temp dir with `ROWS` owned rows and a known 18.16 server. */
 /** A queue of 50 owned rows that knows its server: `version` (default 18.16.1). */
 async function queueWithRows(version = "18.16.1"): Promise<KvQueue> {
   const dir = await Deno.makeTempDir({ prefix: "anonymizer-operator-logs-" });
@@ -63,6 +49,20 @@ function standIn(
   });
 }
 
+/** Runs `flusher` until every row of `queue` has landed, then stops it and the log capture. */
+async function landAll(queue: KvQueue, flusher: Flusher): Promise<void> {
+  flusher.start();
+  try {
+    await until(
+      "the batch to land",
+      async () => (await queue.stats()).landedRows === ROWS || undefined,
+    );
+  } finally {
+    await flusher.stop({ graceMs: 1_000 });
+    await reset();
+  }
+}
+
 /** A 200 as ClickHouse sends it. */
 const ok = (body = "") =>
   new Response(body, { status: 200, headers: { "X-ClickHouse-Summary": "{}" } });
@@ -83,18 +83,7 @@ Deno.test("Flusher logs at info how a crash's unknown outcome was resolved by a 
     spacingMs: 10,
     marginMs: 0,
   });
-  flusher.start();
-  try {
-    await t.step("the batch is confirmed stored by one check", async () => {
-      await until(
-        "the batch to land",
-        async () => (await queue.stats()).landedRows === ROWS || undefined,
-      );
-    });
-  } finally {
-    await flusher.stop({ graceMs: 1_000 });
-    await reset();
-  }
+  await t.step("the batch is confirmed stored by one check", () => landAll(queue, flusher));
   const info = records.filter((r) => r.level === "info").map((r) => text(r));
   await t.step("the crash's request in flight is named", () => {
     assert.ok(
@@ -135,16 +124,7 @@ Deno.test("Flusher logs at info an unknown outcome resolved by a token resend, a
     spacingMs: 10,
     marginMs: 0,
   });
-  flusher.start();
-  try {
-    await until(
-      "the batch to land",
-      async () => (await queue.stats()).landedRows === ROWS || undefined,
-    );
-  } finally {
-    await flusher.stop({ graceMs: 1_000 });
-    await reset();
-  }
+  await landAll(queue, flusher);
   const info = records.filter((r) => r.level === "info").map((r) => text(r));
   assert.ok(
     info.some((l) => /connection was reset.*insert_deduplication_token/.test(l)),
@@ -184,16 +164,7 @@ Deno.test("Flusher diagnoses 503s in a row once, naming CLICKHOUSE_SPACING_MS, a
     backpressure: () => false,
     refusalsInARow: () => flusher!.status().refusalsInARow,
   });
-  flusher.start();
-  try {
-    await until(
-      "the batch to land",
-      async () => (await queue.stats()).landedRows === ROWS || undefined,
-    );
-  } finally {
-    await flusher.stop({ graceMs: 1_000 });
-    await reset();
-  }
+  await landAll(queue, flusher);
   await t.step("the count rises with each refusal and resets on the answer", async () => {
     assert.deepEqual(seenInARow, [0, 1, 2, 3, 4]);
     assert.equal(flusher!.status().refusalsInARow, 0);

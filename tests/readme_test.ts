@@ -2,7 +2,7 @@
  * The README documents behaviour; these checks keep it true to the code.
  */
 import assert from "node:assert/strict";
-import { SETTINGS } from "../lib/config.ts";
+import { SETTINGS } from "../lib/settings.ts";
 
 const readme = await Deno.readTextFile(new URL("../README.md", import.meta.url));
 const denoJson = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url)));

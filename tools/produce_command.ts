@@ -6,7 +6,8 @@
  */
 
 import { parseArgs } from "node:util";
-import { parseHostPort } from "../lib/config.ts";
+import { parseHostPort } from "../lib/host_port.ts";
+import { isTopicName, TOPIC_NAME_RULE } from "../lib/source/topic_name.ts";
 import { ConfigError } from "../lib/errors.ts";
 import { produce, type ProduceSummary } from "./produce.ts";
 
@@ -179,13 +180,7 @@ function parseSettings(args: string[], env: Record<string, string | undefined>):
   const topicFlag = text("kafka-topic");
   const topicSource = topicFlag !== undefined ? "--kafka-topic" : "KAFKA_TOPIC";
   const topic = topicFlag ?? env.KAFKA_TOPIC ?? "http_log";
-  if (!/^[A-Za-z0-9._][A-Za-z0-9._-]{0,248}$/.test(topic)) {
-    throw new ConfigError(
-      topicSource,
-      topic,
-      "must be 1 to 249 of [A-Za-z0-9._-], not starting with -",
-    );
-  }
+  if (!isTopicName(topic)) throw new ConfigError(topicSource, topic, TOPIC_NAME_RULE);
   const rate = parseNumber(
     text("rate"),
     "--rate",

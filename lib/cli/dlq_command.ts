@@ -6,9 +6,8 @@
  */
 // deno-lint-ignore-file no-console -- a command talks to its user on stdout and stderr
 import { dirname } from "node:path";
-import { type Config, secretValues, settingsHelp } from "../config.ts";
+import { type Config, settingsHelp } from "../config.ts";
 import { ConfigError, QueueError } from "../errors.ts";
-import { configureLogging } from "../logging.ts";
 import { lockKvPath } from "../queue/kv_lock.ts";
 import { openQueue } from "../queue/kv_queue.ts";
 import { isUnreachable } from "../source/dead_letters.ts";
@@ -20,7 +19,7 @@ import {
   replayDeadLetters,
   type ReplayOptions,
 } from "../source/dlq_replay.ts";
-import { configOrExit } from "./run_command.ts";
+import { configuredOrExit } from "./_command_config.ts";
 
 const HELP = `Usage: anonymizer dlq replay [--code C] [--since T] [--dry-run] [options]
 
@@ -89,13 +88,8 @@ export async function main(args: string[]): Promise<number> {
     console.error(err.message);
     return 2;
   }
-  const config = configOrExit(parsed.rest, HELP);
+  const config = await configuredOrExit(parsed.rest, HELP);
   if (typeof config === "number") return config;
-  await configureLogging({
-    level: config.logLevel,
-    format: config.logFormat,
-    secrets: secretValues(config),
-  });
   const interrupt = new AbortController();
   const onSignal = () => interrupt.abort(new DOMException("interrupted", "AbortError"));
   for (const sig of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(sig, onSignal);

@@ -7,12 +7,11 @@
 // deno-lint-ignore-file no-console -- a command talks to its user on stdout and stderr
 import { dirname } from "node:path";
 import { ClickHouseClient } from "../sink/clickhouse/clickhouse_client.ts";
-import { secretValues, settingsHelp } from "../config.ts";
-import { configureLogging } from "../logging.ts";
+import { settingsHelp } from "../config.ts";
 import { migrate } from "../sink/clickhouse/migrate.ts";
 import { openQueue } from "../queue/kv_queue.ts";
 import { Pacer, slotUsedBy } from "../pacer.ts";
-import { configOrExit } from "./run_command.ts";
+import { configuredOrExit } from "./_command_config.ts";
 import { ClickHouseError } from "../errors.ts";
 
 const HELP = `Usage: anonymizer migrate [--direct URL] [options]
@@ -52,13 +51,8 @@ export async function main(args: string[]): Promise<number> {
     return 2;
   }
   const rest = i >= 0 ? [...args.slice(0, i), ...args.slice(i + 2)] : args;
-  const config = configOrExit(rest, HELP);
+  const config = await configuredOrExit(rest, HELP);
   if (typeof config === "number") return config;
-  await configureLogging({
-    level: config.logLevel,
-    format: config.logFormat,
-    secrets: secretValues(config),
-  });
   const client = new ClickHouseClient(direct ?? config.clickhouseUrl, {
     user: config.clickhouseUser,
     password: config.clickhousePassword,

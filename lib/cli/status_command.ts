@@ -9,7 +9,7 @@
 import { settingsHelp } from "../config.ts";
 import { AnonymizerError } from "../errors.ts";
 import { renderStatus, type StatusSnapshot } from "../status.ts";
-import { configOrExit } from "./run_command.ts";
+import { configOrExit } from "./_command_config.ts";
 
 /** How long the instance may take to answer, ms. */
 const TIMEOUT_MS = 5_000;

@@ -59,6 +59,36 @@ function writeRow(w: ByteWriter, row: HttpLogRow): void {
   w.string(row.url);
 }
 
+/**
+ * Byte length of each row of RowBinary produced by {@linkcode encodeRows},
+ * read without decoding a string. Throws `RangeError` on truncated input.
+ */
+export function rowLengths(bytes: Uint8Array): number[] {
+  const lengths: number[] = [];
+  let pos = 0;
+  while (pos < bytes.length) {
+    const start = pos;
+    pos += 30;
+    for (let field = 0; field < 4; field++) {
+      let len = 0;
+      let shift = 0;
+      for (;;) {
+        const b = bytes[pos++];
+        if (b === undefined) {
+          throw new RangeError(`RowBinary string length truncated at byte ${pos}`);
+        }
+        len |= (b & 0x7f) << shift;
+        if ((b & 0x80) === 0) break;
+        shift += 7;
+      }
+      pos += len;
+    }
+    if (pos > bytes.length) throw new RangeError(`RowBinary row truncated at byte ${start}`);
+    lengths.push(pos - start);
+  }
+  return lengths;
+}
+
 /** Decodes RowBinary produced by {@linkcode encodeRows}. Throws `RangeError` on truncated input. */
 export function decodeRows(bytes: Uint8Array): HttpLogRow[] {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import type { HttpLogRow } from "../record/types.ts";
-import { decodeRows, encodedRowLength, encodeRows } from "./_row_binary.ts";
+import { decodeRows, encodedRowLength, encodeRows, rowLengths } from "./_row_binary.ts";
 
 const U64_MAX = 2n ** 64n - 1n;
 
@@ -206,4 +206,17 @@ Deno.test("decodeRows() keeps a leading byte order mark", () => {
     url: "\uFEFF/bom",
   };
   assert.equal(decodeRows(encodeRows([row]))[0]!.url, "\uFEFF/bom");
+});
+
+Deno.test("rowLengths() reads the length of each row without decoding it", () => {
+  const rows = [
+    row(),
+    row({ url: "/" + "x".repeat(20_000), cacheStatus: "" }),
+    row({ url: "/ünïcödé/€/𝄞", method: "PROPFIND", remoteAddr: "2001:db8::X" }),
+  ];
+  const bytes = encodeRows(rows);
+  assert.deepEqual(rowLengths(bytes), rows.map(encodedRowLength));
+  assert.deepEqual(rowLengths(new Uint8Array(0)), []);
+  assert.throws(() => rowLengths(bytes.subarray(0, bytes.length - 1)), RangeError);
+  assert.throws(() => rowLengths(bytes.subarray(0, 31)), RangeError);
 });

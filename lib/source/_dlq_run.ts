@@ -11,6 +11,7 @@
  * @module
  */
 import type { Config } from "../config.ts";
+import { kafkaAuthOptions } from "./kafka_auth.ts";
 import { StartupError } from "../errors.ts";
 import type { KvQueue } from "../queue/kv_queue.ts";
 import { messageToRow } from "../record/message_to_row.ts";
@@ -85,14 +86,7 @@ export async function runDlq(
   options.signal?.throwIfAborted();
   const topic = config.kafkaDlqTopic;
   const { groupId } = options;
-  const auth = {
-    ssl: config.kafkaSsl,
-    sasl: config.kafkaSaslMechanism === null ? undefined : {
-      mechanism: config.kafkaSaslMechanism,
-      username: config.kafkaSaslUsername,
-      password: config.kafkaSaslPassword,
-    },
-  };
+  const auth = kafkaAuthOptions(config);
   const clientId = `${config.kafkaClientId}-dlq-replay`;
   const admin = kafkaClient(config.kafkaBrokers, { clientId, ...auth }).admin();
   await admin.connect();

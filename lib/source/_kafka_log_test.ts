@@ -1,21 +1,8 @@
 import assert from "node:assert/strict";
-import { configure, getTextFormatter, type LogRecord, reset } from "@logtape/logtape";
+import { getTextFormatter, reset } from "@logtape/logtape";
 import { logLevel } from "kafkajs";
+import { captureLogs } from "../../testing/capture_logs.ts";
 import { kafkaLogCreator } from "./_kafka_log.ts";
-
-/** Collects every log record of `["anonymizer"]` from debug up. */
-async function captureLogs(): Promise<LogRecord[]> {
-  const records: LogRecord[] = [];
-  await configure({
-    reset: true,
-    sinks: { mem: (r) => records.push(r) },
-    loggers: [
-      { category: ["anonymizer"], lowestLevel: "debug", sinks: ["mem"] },
-      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: [] },
-    ],
-  });
-  return records;
-}
 
 /** The rendered text of a record, as the text format writes it. */
 const text = getTextFormatter();

@@ -64,9 +64,6 @@ export interface DlqTopicOptions {
   retentionMs: number;
 }
 
-/** A message that cannot be stored; the source's own type. */
-export type DeadLetter = DeadLetterMessage;
-
 /** The dead-letter producer. */
 export class DeadLetterProducer {
   readonly #producer: Producer;
@@ -195,7 +192,7 @@ export class DeadLetterProducer {
   }
 
   /** Sends messages that failed decoding or validation. */
-  async send(letters: readonly DeadLetter[]): Promise<void> {
+  async send(letters: readonly DeadLetterMessage[]): Promise<void> {
     if (letters.length === 0) return;
     let chunk: Message[] = [];
     let bytes = 0;

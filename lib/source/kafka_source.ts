@@ -20,8 +20,9 @@ import { getLogger } from "@logtape/logtape";
 import { type ErrorCode, QueueError } from "../errors.ts";
 import type { KvQueue, QueueEntry } from "../queue/kv_queue.ts";
 import type { HttpLogRow } from "../record/types.ts";
-import { formatMetadata, parseMetadata, resolvePending, takeOver } from "./_commit_metadata.ts";
+import { formatMetadata, parseMetadata, resolvePending, takeOver } from "./commit_metadata.ts";
 import type { SlotSchedule } from "../slot_schedule.ts";
+import { GroupView } from "./_group_view.ts";
 import type { MessageHeaders, SourceBatch, SourceConsumer } from "./source_consumer.ts";
 
 const log = getLogger(["anonymizer", "kafka"]);
@@ -153,8 +154,7 @@ export class KafkaSource {
   #handovers = new Map<number, Array<[bigint, string]>>();
   #status: SourceStatus = { joined: false, assigned: [], lag: {}, backpressure: false };
   #stopping = false;
-  /** Counts joins and losses, so a slow member list cannot set a view already stale. */
-  #generation = 0;
+  readonly #group: GroupView | null;
 
   /** A source reading through `consumer` into `targets`. */
   constructor(consumer: SourceConsumer, targets: SourceTargets, options: KafkaSourceOptions = {}) {
@@ -163,6 +163,9 @@ export class KafkaSource {
     this.#toRow = targets.toRow;
     this.#deadLetters = targets.deadLetters;
     this.#hooks = options;
+    this.#group = options.slotSchedule === undefined
+      ? null
+      : new GroupView(consumer, options.slotSchedule, () => this.#stopping);
   }
 
   /** Live state. */
@@ -179,10 +182,10 @@ export class KafkaSource {
   async start(): Promise<void> {
     await this.#consumer.start({
       joined: (partitions, memberId) => this.#joined(partitions, memberId),
-      rebalancing: () => this.#lostGroup(),
-      heartbeat: () => this.#hooks.slotSchedule?.heartbeat(),
+      rebalancing: () => this.#group?.lost(),
+      heartbeat: () => this.#group?.heartbeat(),
       crashed: (error, restart) => {
-        this.#lostGroup();
+        this.#group?.lost();
         this.#status.joined = false;
         log.error("Kafka consumer crashed (restart: {restart}): {error}", {
           restart,
@@ -190,7 +193,7 @@ export class KafkaSource {
         });
       },
       stopped: () => {
-        this.#lostGroup();
+        this.#group?.lost();
         this.#status.joined = false;
       },
       batch: (batch) => this.#withPartition(batch.partition, () => this.#handleBatch(batch)),
@@ -198,8 +201,7 @@ export class KafkaSource {
   }
 
   #joined(partitions: number[], memberId: string): void {
-    const schedule = this.#hooks.slotSchedule;
-    if (schedule !== undefined) this.#shareView(schedule, memberId);
+    this.#group?.joined(memberId);
     this.#reconciled.clear();
     this.#status.joined = true;
     this.#status.assigned = [...partitions].sort((a, b) => a - b);
@@ -211,38 +213,6 @@ export class KafkaSource {
     this.settlePending().catch((err) =>
       log.warn("Cannot settle pending rows after joining yet: {error}", { error: String(err) })
     );
-  }
-
-  #lostGroup(): void {
-    this.#generation++;
-    this.#hooks.slotSchedule?.setView(null);
-  }
-
-  /** Tells `schedule` the members of the group just joined. */
-  async #shareView(schedule: SlotSchedule, self: string): Promise<void> {
-    const generation = ++this.#generation;
-    for (let attempt = 1;; attempt++) {
-      try {
-        const members = await this.#consumer.members();
-        if (generation !== this.#generation) return;
-        schedule.setView({ members, self });
-        log.info("Sharing ch-proxy slots with {count} members of group {groupId}: {members}", {
-          count: members.length,
-          groupId: this.#consumer.groupId,
-          members: schedule.members.join(","),
-        });
-        return;
-      } catch (err) {
-        // Without the member list no slot is known to be free: the flusher waits meanwhile.
-        log.warn("Cannot read the members of group {groupId} yet (attempt {attempt}): {error}", {
-          groupId: this.#consumer.groupId,
-          attempt,
-          error: String(err),
-        });
-        if (generation !== this.#generation || this.#stopping) return;
-        await new Promise((r) => setTimeout(r, Math.min(10_000, 1_000 * attempt)));
-      }
-    }
   }
 
   /**

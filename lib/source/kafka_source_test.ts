@@ -5,9 +5,10 @@
 import assert from "node:assert/strict";
 import { SlotSchedule } from "../slot_schedule.ts";
 import { QueueError } from "../errors.ts";
-import { type KvQueue, openQueue } from "../queue/kv_queue.ts";
-import type { HttpLogRow } from "../record/types.ts";
-import { formatMetadata, parseMetadata } from "./_commit_metadata.ts";
+import type { KvQueue } from "../queue/kv_queue.ts";
+import { openTempQueue } from "../../testing/temp_queue.ts";
+import { testRow } from "../../testing/test_row.ts";
+import { formatMetadata, parseMetadata } from "./commit_metadata.ts";
 import {
   type DeadLetterMessage,
   KafkaSource,
@@ -67,6 +68,24 @@ class FakeConsumer implements SourceConsumer {
     return Promise.resolve([...this.memberIds]);
   }
 
+  /** Delivers `offsets` with their commit refused, so the rows stay pending. */
+  async deliverUncommitted(partition: number, offsets: bigint[]): Promise<void> {
+    this.refuseCommits = true;
+    try {
+      await this.deliver(partition, offsets);
+    } finally {
+      this.refuseCommits = false;
+    }
+  }
+
+  /** Stores a commit by member `"other"`, as after it took `partition` over. */
+  committedByOther(partition: number, offset: bigint, handovers: Array<[bigint, string]>): void {
+    this.group.set(partition, {
+      offset,
+      metadata: formatMetadata({ committer: "other", handovers }),
+    });
+  }
+
   committed(partition: number): Promise<{ offset: bigint; metadata: string | null }> {
     return Promise.resolve(this.group.get(partition) ?? { offset: -1n, metadata: null });
   }
@@ -114,18 +133,7 @@ class FakeConsumer implements SourceConsumer {
 function toRow(value: Uint8Array | null): MessageResult {
   const text = new TextDecoder().decode(value ?? new Uint8Array());
   if (!text.startsWith("row ")) return { ok: false, code: "not_capnp", message: "not a row" };
-  const row: HttpLogRow = {
-    timestamp: 1_700_000_000,
-    resourceId: BigInt(text.slice(4)),
-    bytesSent: 100n,
-    requestTimeMilli: 5n,
-    responseStatus: 200,
-    cacheStatus: "HIT",
-    method: "GET",
-    remoteAddr: "1.2.3.X",
-    url: "/",
-  };
-  return { ok: true, row };
+  return { ok: true, row: testRow(BigInt(text.slice(4))) };
 }
 
 function offsets(from: number, to: number): bigint[] {
@@ -137,8 +145,8 @@ async function setUp(
   wrap: (queue: KvQueue) => KvQueue = (q) => q,
   slotSchedule?: SlotSchedule,
 ) {
-  const dir = await Deno.makeTempDir({ prefix: "anonymizer-kafka-source-" });
-  const real = await openQueue(`${dir}/queue.kv`);
+  const tmp = await openTempQueue({ prefix: "anonymizer-kafka-source-" });
+  const real = tmp.queue;
   const queue = wrap(real);
   const deadLetters: DeadLetterMessage[] = [];
   const events: SourceBatchEvent[] = [];
@@ -171,10 +179,7 @@ async function setUp(
       consumer.join(partitions);
       await source.settlePending();
     },
-    async [Symbol.asyncDispose]() {
-      real.close();
-      await Deno.remove(dir, { recursive: true });
-    },
+    [Symbol.asyncDispose]: () => tmp[Symbol.asyncDispose](),
   };
 }
 
@@ -255,10 +260,7 @@ Deno.test("KafkaSource keeps rows pending while the commit fails, and commits th
 Deno.test("KafkaSource hands partitions over on a rebalance without losing or doubling rows", async (t) => {
   await t.step("taking over records the previous owner in the commit metadata", async () => {
     await using s = await setUp();
-    s.consumer.group.set(0, {
-      offset: 10n,
-      metadata: formatMetadata({ committer: "other", handovers: [] }),
-    });
+    s.consumer.committedByOther(0, 10n, []);
     await s.join([0]);
     await s.consumer.deliver(0, offsets(10, 13));
     assert.deepEqual(parseMetadata(s.consumer.commits.at(-1)!.metadata), {
@@ -271,14 +273,9 @@ Deno.test("KafkaSource hands partitions over on a rebalance without losing or do
   await t.step("pending rows another owner consumed are dropped after a revoke", async () => {
     await using s = await setUp();
     await s.join([0]);
-    s.consumer.refuseCommits = true;
-    await s.consumer.deliver(0, offsets(0, 5));
-    s.consumer.refuseCommits = false;
+    await s.consumer.deliverUncommitted(0, offsets(0, 5));
     // Our commit never landed: the next owner started at 0 and has committed 8.
-    s.consumer.group.set(0, {
-      offset: 8n,
-      metadata: formatMetadata({ committer: "other", handovers: [[0n, "nobody"]] }),
-    });
+    s.consumer.committedByOther(0, 8n, [[0n, "nobody"]]);
     await s.join([]);
     assert.deepEqual(await s.queue.partition(TOPIC, 0), { next: 8n, committed: 8n });
     assert.equal((await s.queue.stats()).queuedRows, 0);
@@ -288,14 +285,9 @@ Deno.test("KafkaSource hands partitions over on a rebalance without losing or do
   await t.step("pending rows whose commit landed are kept after a revoke", async () => {
     await using s = await setUp();
     await s.join([0]);
-    s.consumer.refuseCommits = true;
-    await s.consumer.deliver(0, offsets(0, 5));
-    s.consumer.refuseCommits = false;
+    await s.consumer.deliverUncommitted(0, offsets(0, 5));
     // Our commit of 5 landed before the reply was lost: the next owner started there.
-    s.consumer.group.set(0, {
-      offset: 9n,
-      metadata: formatMetadata({ committer: "other", handovers: [[5n, s.queue.instanceId]] }),
-    });
+    s.consumer.committedByOther(0, 9n, [[5n, s.queue.instanceId]]);
     await s.join([]);
     assert.deepEqual(await s.queue.partition(TOPIC, 0), { next: 9n, committed: 9n });
     assert.equal((await s.queue.stats()).queuedRows, 5);
@@ -306,9 +298,7 @@ Deno.test("KafkaSource hands partitions over on a rebalance without losing or do
   await t.step("pending rows nobody else consumed are fenced with our own commit", async () => {
     await using s = await setUp();
     await s.join([0]);
-    s.consumer.refuseCommits = true;
-    await s.consumer.deliver(0, offsets(0, 5));
-    s.consumer.refuseCommits = false;
+    await s.consumer.deliverUncommitted(0, offsets(0, 5));
     await s.join([0]);
     assert.deepEqual(s.consumer.commits.map((c) => [c.partition, c.offset]), [[0, 5n]]);
     assert.deepEqual(await s.queue.partition(TOPIC, 0), { next: 5n, committed: 5n });

@@ -80,7 +80,7 @@ export type Resolution =
  *
  * @example A crash right after our commit landed, before KV recorded it
  * ```ts
- * import { resolvePending } from "./_commit_metadata.ts";
+ * import { resolvePending } from "./commit_metadata.ts";
  * import assert from "node:assert/strict";
  *
  * // We ("a") committed 150; "b" took over at 150 and has since committed 300.

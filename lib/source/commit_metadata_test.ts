@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { formatMetadata, parseMetadata, resolvePending, takeOver } from "./_commit_metadata.ts";
+import { formatMetadata, parseMetadata, resolvePending, takeOver } from "./commit_metadata.ts";
 
 Deno.test("formatMetadata() and parseMetadata() round-trip and reject foreign metadata", () => {
   const meta = { committer: "a", handovers: [[150n, "b"], [100n, "c"]] as Array<[bigint, string]> };
