@@ -7,6 +7,7 @@
  * be there, so that finding no address means something.
  */
 import assert from "node:assert/strict";
+import { zstdDecompressSync } from "node:zlib";
 import { syntheticRecords } from "../tools/synthetic_records.ts";
 import { createWorld, scrapeMetrics, spawnService, storedCount } from "../testing/pipeline.ts";
 import { clickhouseQuery, freePort, topicMessageCount } from "../testing/stack.ts";
@@ -32,6 +33,40 @@ function latin1(bytes: Uint8Array): string {
     s += String.fromCharCode(...bytes.subarray(i, i + 8192));
   }
   return s;
+}
+
+/**
+ * The text of every value in a copy of a KV folder, zstd frames opened: the
+ * queue stores rows as a format tag byte and one zstd frame, so an address
+ * in them would not show in the files' raw bytes.
+ */
+async function kvValues(
+  files: ReadonlyArray<{ path: string; bytes: Uint8Array }>,
+): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix: "anonymizer-privacy-kv-" });
+  try {
+    for (const f of files) await Deno.writeFile(`${dir}/${f.path.split("/").pop()}`, f.bytes);
+    const main = files.map((f) => f.path.split("/").pop()!).find((n) => n.endsWith(".kv"));
+    assert.ok(main !== undefined, "a .kv file in the copy");
+    using kv = await Deno.openKv(`${dir}/${main}`);
+    const texts: string[] = [];
+    for await (const e of kv.list({ prefix: [] })) {
+      const v = e.value;
+      if (v instanceof Uint8Array) {
+        texts.push(latin1(v));
+        try {
+          texts.push(latin1(zstdDecompressSync(v.subarray(1))));
+        } catch {
+          // Not a compressed value: its raw bytes are searched above.
+        }
+      } else {
+        texts.push(JSON.stringify(v, (_, x) => typeof x === "bigint" ? String(x) : x));
+      }
+    }
+    return texts.join("\n");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 }
 
 /** The needles that occur in `haystack` (exact substrings). */
@@ -199,8 +234,9 @@ Deno.test({
     const instance = /anonymizer-[0-9a-f]{8}-[0-9a-f-]{27}/.exec(log)?.[0] ??
       "(instance id not logged)";
 
-    await t.step("KV files while queued: no address, rows present", () => {
-      search("KV during the run", kvDuring.map((f) => latin1(f.bytes)).join("\n"), [
+    await t.step("KV files while queued: no address, rows present", async () => {
+      const raw = kvDuring.map((f) => latin1(f.bytes)).join("\n");
+      search("KV during the run", `${raw}\n${await kvValues(kvDuring)}`, [
         goodUrl,
         goodMasked,
         instance,
@@ -209,7 +245,8 @@ Deno.test({
 
     await t.step("KV files after the run: no address", async () => {
       const files = await readTree(`${world.dir}/a`);
-      search("KV after the run", files.map((f) => latin1(f.bytes)).join("\n"), [instance]);
+      const raw = files.map((f) => latin1(f.bytes)).join("\n");
+      search("KV after the run", `${raw}\n${await kvValues(files)}`, [instance]);
     });
 
     await t.step("debug logs: no address", () => {
