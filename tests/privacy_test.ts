@@ -50,19 +50,22 @@ async function kvValues(
     assert.ok(main !== undefined, "a .kv file in the copy");
     using kv = await Deno.openKv(`${dir}/${main}`);
     const texts: string[] = [];
-    for await (const e of kv.list({ prefix: [] })) {
-      const v = e.value;
+    // Chunks are objects with the frame in a field; batch row parts are the bytes alone.
+    const walk = (v: unknown): void => {
       if (v instanceof Uint8Array) {
         texts.push(latin1(v));
         try {
           texts.push(latin1(zstdDecompressSync(v.subarray(1))));
         } catch {
-          // Not a compressed value: its raw bytes are searched above.
+          // Not a compressed value: its raw bytes are searched as they are.
         }
-      } else {
-        texts.push(JSON.stringify(v, (_, x) => typeof x === "bigint" ? String(x) : x));
+      } else if (typeof v === "string") {
+        texts.push(v);
+      } else if (typeof v === "object" && v !== null) {
+        for (const x of Object.values(v)) walk(x);
       }
-    }
+    };
+    for await (const e of kv.list({ prefix: [] })) walk(e.value);
     return texts.join("\n");
   } finally {
     await Deno.remove(dir, { recursive: true });
