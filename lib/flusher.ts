@@ -21,6 +21,7 @@ import {
 import type { BatchMeta, KvQueue } from "./queue/kv_queue.ts";
 import { Pacer, slotUsedBy } from "./pacer.ts";
 import { SlotSchedule, type SlotYield } from "./slot_schedule.ts";
+import { SlotWait } from "./_slot_wait.ts";
 import type { HttpLogRow } from "./record/types.ts";
 import type { Sink, SinkFailure, SinkProfile } from "./sink/sink.ts";
 import {
@@ -136,7 +137,7 @@ export class Flusher {
   readonly #alarm: Alarm;
   #inflight: AbortController | null = null;
   readonly #reports: RequestReports;
-  #nextSlotAt = 0;
+  readonly #slots: SlotWait;
   /** The batch whose unknown outcome is being resolved, and the slots spent on it so far. */
   #resolving: { id: bigint; slots: number } | null = null;
   #bytesPerRow = 0;
@@ -155,6 +156,10 @@ export class Flusher {
       now: this.#clock.now,
     });
     this.#schedule = options.slotSchedule ?? new SlotSchedule({ sharing: "off" });
+    this.#slots = new SlotWait(
+      { pacer: this.#pacer, schedule: this.#schedule, alarm: this.#alarm, clock: this.#clock },
+      () => this.#stopping,
+    );
     this.#rejections = new Rejections(queue, options);
     this.#reports = new RequestReports(this.#pacer.spacingMs, this.#clock.now, options);
     this.#opts = {
@@ -168,7 +173,7 @@ export class Flusher {
   /** Live state. */
   status(): FlusherStatus {
     return {
-      nextSlotAt: this.#nextSlotAt,
+      nextSlotAt: this.#slots.nextSlotAt,
       inflight: this.#inflight !== null,
       serverVersion: this.#profile?.version ?? null,
       last: this.#reports.last,
@@ -259,36 +264,10 @@ export class Flusher {
     return true;
   }
 
-  /** The next slot this instance may use, or `null` while the group's slots are unknown. */
-  async #slot(): Promise<number | null> {
-    const own = await this.#pacer.nextSlot();
-    const at = this.#schedule.slotAt(own);
-    this.#nextSlotAt = at ?? own;
-    return at;
-  }
-
-  /**
-   * Waits until `leadMs` before the next usable slot and returns its start,
-   * or `null` if stopping. A slot counts only if it is still this instance's
-   * when the wait ends: the group may have changed meanwhile.
-   */
-  async #untilSlot(leadMs = 0): Promise<number | null> {
-    for (;;) {
-      const at = await this.#slot();
-      if (at === null) {
-        if (this.#stopping) return null;
-        await this.#alarm.sleep(1_000);
-        continue;
-      }
-      if (!await this.#sleepUntil(at - leadMs)) return null;
-      if (this.#schedule.mayUse(at)) return at;
-    }
-  }
-
   async #step(): Promise<void> {
     const profile = this.#profile;
     if (profile === null) {
-      if (await this.#untilSlot() === null) return;
+      if (await this.#slots.until() === null) return;
       const r = await this.#paced("version", {}, (signal) => this.#sink.probeVersion(signal));
       if (!("value" in r)) return;
       if (!this.#learnVersion(r.value)) {
@@ -304,7 +283,7 @@ export class Flusher {
       // Shared slots are sealed earlier: an empty one is handed on, and the
       // next member needs time to seal its own batch for it.
       const shared = this.#schedule.members.length > 1;
-      const at = await this.#untilSlot(shared ? SHARED_SEAL_LEAD_MS : this.#opts.sealLeadMs);
+      const at = await this.#slots.until(shared ? SHARED_SEAL_LEAD_MS : this.#opts.sealLeadMs);
       if (at === null) return;
       batch = await this.#seal();
       if (batch === null) {
@@ -315,7 +294,7 @@ export class Flusher {
         return;
       }
     }
-    if (await this.#untilSlot() === null) return;
+    if (await this.#slots.until() === null) return;
     // A 413 after an unknown outcome is resolved by a check even with tokens:
     // splitting gives the rows new batch ids, so a landed attempt would land twice.
     const check = profile.dedup === "check" || batch.tooLarge === true;
@@ -408,7 +387,7 @@ export class Flusher {
   }
 
   #emitLanded(batch: BatchMeta, started: number, via: Landing["via"]): void {
-    this.#reports.landed(batch, { started, via, nextSlotAt: this.#nextSlotAt });
+    this.#reports.landed(batch, { started, via, nextSlotAt: this.#slots.nextSlotAt });
   }
 
   /**
@@ -433,7 +412,13 @@ export class Flusher {
       if ((r.ok || r.slotUsed) && this.#resolving !== null && this.#resolving.id === batch.id) {
         this.#resolving.slots++;
       }
-      this.#reports.record(kind, batch, started, failure, (await this.#slot()) ?? this.#nextSlotAt);
+      this.#reports.record(
+        kind,
+        batch,
+        started,
+        failure,
+        (await this.#slots.next()) ?? this.#slots.nextSlotAt,
+      );
       if (r.ok) return { value: r.value };
       if (failure === null) throw r.error;
       return { failure };
@@ -444,16 +429,5 @@ export class Flusher {
 
   #now(): number {
     return this.#clock.now();
-  }
-
-  /** Sleeps until `at` (ms). Returns `false` if stopping. */
-  async #sleepUntil(at: number): Promise<boolean> {
-    for (;;) {
-      if (this.#stopping) return false;
-      const wait = at - this.#now();
-      if (wait <= 0) return true;
-      // A wake ends the sleep early; the loop keeps waiting for the slot.
-      await this.#alarm.sleep(wait);
-    }
   }
 }

@@ -19,83 +19,20 @@
 import { getLogger } from "@logtape/logtape";
 import { type ErrorCode, QueueError } from "../errors.ts";
 import type { KvQueue, QueueEntry } from "../queue/kv_queue.ts";
-import type { HttpLogRow } from "../record/types.ts";
 import { formatMetadata, parseMetadata, resolvePending, takeOver } from "./commit_metadata.ts";
 import type { SlotSchedule } from "../slot_schedule.ts";
 import { GroupView } from "./_group_view.ts";
-import type { MessageHeaders, SourceBatch, SourceConsumer } from "./source_consumer.ts";
+import type { SourceBatch, SourceConsumer } from "./source_consumer.ts";
+import type {
+  DeadLetterMessage,
+  DeadLetterSink,
+  SourceBatchEvent,
+  SourceTargets,
+} from "./source_types.ts";
+
+export type * from "./source_types.ts";
 
 const log = getLogger(["anonymizer", "kafka"]);
-
-/** The result of turning one message into a row. */
-export type MessageResult =
-  | { ok: true; row: HttpLogRow }
-  | { ok: false; code: ErrorCode; message: string };
-
-/** Counters the source reports after each Kafka batch. */
-export interface SourceBatchEvent {
-  /** Partition. */
-  partition: number;
-  /** Messages received, including skipped ones. */
-  received: number;
-  /** Messages skipped as already queued. */
-  skipped: number;
-  /** Rows appended to the queue. */
-  queued: number;
-  /** Messages dead-lettered. */
-  deadLettered: number;
-  /** Dead letters by error code. */
-  deadLetterCodes: Partial<Record<ErrorCode, number>>;
-  /** Messages between this batch and the partition's high watermark. */
-  lag: number;
-}
-
-/** A message that cannot be stored, with where it came from and why. */
-export interface DeadLetterMessage {
-  /** Source partition. */
-  partition: number;
-  /** Source offset. */
-  offset: string;
-  /** Original key. */
-  key: Uint8Array | null;
-  /** Original value, unchanged. */
-  value: Uint8Array | null;
-  /** Machine-readable reason. */
-  code: ErrorCode;
-  /** One line without payload or address. */
-  message: string;
-}
-
-/** Where {@linkcode KafkaSource} sends what it cannot store, e.g. the dead-letter producer. */
-export interface DeadLetterSink {
-  /** Writes `letters` durably (acks=all); resolves only once every one is stored. */
-  send(letters: readonly DeadLetterMessage[]): Promise<void>;
-}
-
-/**
- * What a message carries besides its value, for a `toRow` that needs it
- * (the dead-letter replay reads the code a letter was written with).
- */
-export interface MessageContext {
-  /** Partition. */
-  partition: number;
-  /** Offset, as a decimal string. */
-  offset: string;
-  /** Broker or producer timestamp, epoch ms as a decimal string. */
-  timestamp: string;
-  /** Headers as received. */
-  headers: MessageHeaders;
-}
-
-/** What {@linkcode KafkaSource} writes to: the queue, the row decoder, the dead letters. */
-export interface SourceTargets {
-  /** The durable queue rows are appended to. */
-  queue: KvQueue;
-  /** Turns a message value into a row or a rejection; `context` says where it came from. */
-  toRow: (value: Uint8Array | null, context: MessageContext) => MessageResult;
-  /** Where invalid messages go. */
-  deadLetters: DeadLetterSink;
-}
 
 /** Options of {@linkcode KafkaSource}. */
 export interface KafkaSourceOptions {

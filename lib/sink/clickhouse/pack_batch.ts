@@ -7,6 +7,7 @@
  * @module
  */
 
+import type { PackResult } from "../../queue/kv_queue.ts";
 import { AnonymizerError } from "../../errors.ts";
 import type { HttpLogRow } from "../../record/types.ts";
 import { encodeNative, NATIVE_COLUMNS } from "./_native_format.ts";
@@ -67,18 +68,17 @@ export interface PackBatchOptions {
   zstdLevel?: number;
 }
 
-/** One INSERT request, ready to send. */
-export interface PackedBatch {
+/**
+ * One INSERT request, ready to send: the queue's {@linkcode PackResult},
+ * with the ClickHouse encoding and the statement spelled out.
+ */
+export interface PackedBatch extends PackResult {
   /** Request body. At most `bodyLimit` bytes. */
   body: Uint8Array<ArrayBuffer>;
-  /** How many rows from the front of the input the body holds; the caller keeps the rest. */
-  rowCount: number;
   /** The encoding of `body`. */
   encoding: WireEncoding;
   /** URL parameters of the request: the INSERT statement as `query`, plus settings. */
   query: { query: string; [setting: string]: string };
-  /** HTTP headers the body needs, e.g. `Content-Encoding`. */
-  headers: Record<string, string>;
 }
 
 /** Options of {@linkcode insertStatement}. */
