@@ -34,7 +34,7 @@ files_for() {
     printf '%s\n' tests/
     return
   fi
-  for f in tests/*.ts; do
+  for f in tests/*_test.ts; do
     base="${f#tests/}"
     skip=0
     for once in "${ONCE[@]}"; do [[ "$base" == "$once" ]] && skip=1; done
