@@ -13,7 +13,9 @@
  *
  * - http_log_totals_1m: K = 8 statuses × 8 cache statuses = 64, bucket 60 s;
  * - http_log_totals_resource_1h: K = 9e8 resource ids, bucket 3600 s;
- * - http_log_totals_ip_1h: K = 2^24 networks × 64, bucket 3600 s.
+ * - http_log_totals_ip_1h: K = 2^24 networks × 64, bucket 3600 s;
+ * - http_log_totals_resource_ip_1h: K = 9e8 resource ids × 2^24 networks × 64, bucket 3600 s
+ *   (near one row per message, as resource ids are near unique).
  *
  * The report checks this count against the rows measured in the run, then tabulates rates of
  * 0.2, 20, 200 and 300 msg/s for 7, 30 and 365 days. The bytes per row of a totals table are
@@ -36,6 +38,7 @@ const MODELS: Record<string, { keys: number; bucket: number } | null> = {
   http_log_totals_1m: { keys: 64, bucket: 60 },
   http_log_totals_resource_1h: { keys: 900_000_000, bucket: 3600 },
   http_log_totals_ip_1h: { keys: 2 ** 24 * 64, bucket: 3600 },
+  http_log_totals_resource_ip_1h: { keys: 900_000_000 * 2 ** 24 * 64, bucket: 3600 },
 };
 
 function rowsPerDay(table: string, rate: number): number {

@@ -32,7 +32,12 @@ import { recordResults } from "./_results.ts";
 import { stockInsertSql } from "../testing/stock_sql.ts";
 import { freePort } from "../testing/stack.ts";
 
-const TOTALS_VIEWS = ["http_log_totals_1m", "http_log_totals_resource_1h", "http_log_totals_ip_1h"];
+const TOTALS_VIEWS = [
+  "http_log_totals_1m",
+  "http_log_totals_resource_1h",
+  "http_log_totals_ip_1h",
+  "http_log_totals_resource_ip_1h",
+];
 const HOUR = 3600;
 const DAY = 86_400;
 const RANGES: Record<string, number> = { "1h": HOUR, "1d": DAY, "7d": 7 * DAY, "30d": 30 * DAY };

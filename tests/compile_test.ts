@@ -159,6 +159,7 @@ Deno.test({
           "http_log_totals_1m",
           "http_log_totals_ip_1h",
           "http_log_totals_resource_1h",
+          "http_log_totals_resource_ip_1h",
         ]);
       } finally {
         await clickhouseQuery(`DROP DATABASE IF EXISTS ${database}`);

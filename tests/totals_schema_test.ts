@@ -49,6 +49,12 @@ const VIEWS: Record<string, { keySql: string; key: (row: LogRow) => unknown[] }>
     keySql: "remote_addr, toUInt32(hour), response_status, cache_status",
     key: (row) => [row.addr, row.timestamp - row.timestamp % 3600, row.status, row.cache],
   },
+  http_log_totals_resource_ip_1h: {
+    keySql: "resource_id, toUInt32(hour), remote_addr, response_status, cache_status",
+    key: (
+      row,
+    ) => [row.resourceId, row.timestamp - row.timestamp % 3600, row.addr, row.status, row.cache],
+  },
 };
 
 function insertStatement(database: string, batchId: number, settings = ""): string {
