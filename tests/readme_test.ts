@@ -34,13 +34,8 @@ Deno.test("README names only tasks that deno.json defines", () => {
   );
 });
 
-/** The README's `## Totals for Grafana` section. */
-function totalsSection(): string {
-  const start = readme.indexOf("## Totals for Grafana");
-  assert.ok(start >= 0, "README has a Totals for Grafana section");
-  const end = readme.indexOf("\n## ", start + 1);
-  return readme.slice(start, end < 0 ? undefined : end);
-}
+/** The documents whose figure tables must come from recorded runs. */
+const FIGURE_DOCUMENTS = ["README.md", "docs/performance.md", "docs/capacity.md", "docs/wire.md"];
 
 /** Each markdown table with the `bench/results/*.json` files named in the paragraph above it. */
 function figureTables(text: string): { files: string[]; rows: string[] }[] {
@@ -61,26 +56,42 @@ function figureTables(text: string): { files: string[]; rows: string[] }[] {
   return tables;
 }
 
-Deno.test("README figure tables hold only numbers from the results files named beside them", async (t) => {
-  const tables = figureTables(totalsSection());
-  await t.step("the query table and the disk tables each name their results file", () => {
+/** The figures of a table's body: every cell but the first (a label) and code cells (commands). */
+function figures(rows: string[]): string[] {
+  const found: string[] = [];
+  for (const row of rows.slice(2)) {
+    const cells = row.split("|").slice(2, -1).filter((cell) => !cell.includes("`"));
+    for (const cell of cells) {
+      // Labels such as 1M, 7d or x8 are not figures and are skipped.
+      for (const m of cell.matchAll(/(?<![\w.])\d[\d,]*(?:\.\d+)?(?![\w.])/g)) found.push(m[0]);
+    }
+  }
+  return found;
+}
+
+Deno.test("figure tables in README and docs hold only numbers from the results files named beside them", async (t) => {
+  for (const document of FIGURE_DOCUMENTS) {
+    const text = await Deno.readTextFile(new URL(`../${document}`, import.meta.url));
+    const tables = figureTables(text);
+    for (const [index, table] of tables.entries()) {
+      await t.step(`${document} table ${index + 1} (${table.files.join(", ")})`, async () => {
+        const known = new Set<number>();
+        for (const file of table.files) {
+          const json = await Deno.readTextFile(new URL(`../${file}`, import.meta.url));
+          for (const m of json.matchAll(/-?\d+(?:\.\d+)?/g)) known.add(Number(m[0]));
+        }
+        const missing = figures(table.rows).filter((f) =>
+          !known.has(Number(f.replaceAll(",", "")))
+        );
+        assert.deepEqual(missing, [], `${document} numbers not found in ${table.files.join(", ")}`);
+      });
+    }
+  }
+  await t.step("the README's Totals for Grafana section has its query and disk tables", () => {
+    const start = readme.indexOf("## Totals for Grafana");
+    const end = readme.indexOf("\n## ", start + 1);
+    assert.ok(start >= 0, "README has a Totals for Grafana section");
+    const tables = figureTables(readme.slice(start, end < 0 ? undefined : end));
     assert.ok(tables.length >= 2, `found ${tables.length} tables naming a results file`);
   });
-  for (const [index, table] of tables.entries()) {
-    await t.step(`table ${index + 1} (${table.files.join(", ")})`, async () => {
-      const known = new Set<number>();
-      for (const file of table.files) {
-        const text = await Deno.readTextFile(new URL(`../${file}`, import.meta.url));
-        for (const m of text.matchAll(/-?\d+(?:\.\d+)?/g)) known.add(Number(m[0]));
-      }
-      // Body rows only; labels such as 1M, 7d or x8 are not figures and are skipped.
-      const missing: string[] = [];
-      for (const row of table.rows.slice(2)) {
-        for (const m of row.matchAll(/(?<![\w.])\d[\d,]*(?:\.\d+)?(?![\w.])/g)) {
-          if (!known.has(Number(m[0].replaceAll(",", "")))) missing.push(m[0]);
-        }
-      }
-      assert.deepEqual(missing, [], "README numbers not found in the results file");
-    });
-  }
 });
