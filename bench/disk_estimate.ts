@@ -4,8 +4,11 @@
  * table gets at a message rate, times the retention.
  *
  * ```sh
- * deno run -A bench/disk_estimate.ts bench/results/queries-<stamp>.json
+ * deno run -A bench/disk_estimate.ts bench/results/queries-<stamp>.json [more files]
  * ```
+ *
+ * Of all the runs in the files, the largest of each server is used: bytes per row are closest to
+ * production volumes there.
  *
  * Rows a day: http_log gets one row per message. A totals table gets one row per distinct key per
  * bucket; with n = rate × bucket seconds uniform draws from K possible keys that is
@@ -71,22 +74,27 @@ interface QueriesResult {
   tables_optimized: Record<string, TableSize>;
 }
 
-const source = Deno.args[0];
-if (source === undefined) {
+const sources = Deno.args;
+if (sources.length === 0) {
   throw new AnonymizerError(
     "Cannot estimate disk as no bench:queries results file was given: current value is undefined",
     { code: "config_invalid" },
   );
 }
-const queries = JSON.parse(await Deno.readTextFile(source)) as { results: QueriesResult[] };
-
-// The largest run of each engine measures bytes per row closest to production volumes.
-const largest = new Map<string, QueriesResult>();
-for (const result of queries.results) {
-  if ((largest.get(result.engine)?.size ?? 0) < result.size) largest.set(result.engine, result);
+const largest = new Map<string, { result: QueriesResult; source: string }>();
+for (const source of sources) {
+  const queries = JSON.parse(await Deno.readTextFile(source)) as { results: QueriesResult[] };
+  for (const result of queries.results) {
+    if ((largest.get(result.engine)?.result.size ?? 0) < result.size) {
+      largest.set(result.engine, {
+        result,
+        source: source.replace(/^.*\/(bench\/results\/)/, "$1"),
+      });
+    }
+  }
 }
 
-const servers = [...largest.values()].map((result) => {
+const servers = [...largest.values()].map(({ result, source }) => {
   const rate = result.size / (result.days * DAY);
   const tables = Object.fromEntries(
     Object.keys(MODELS).map((table) => {
@@ -125,6 +133,7 @@ const servers = [...largest.values()].map((result) => {
   });
   return {
     engine: result.engine,
+    source,
     measured_size: result.size,
     measured_days: result.days,
     measured_rate: Number(rate.toFixed(2)),
@@ -133,8 +142,31 @@ const servers = [...largest.values()].map((result) => {
   };
 });
 
-const report = { source: source.replace(/^.*\/(bench\/results\/)/, "$1"), servers };
+const report = {
+  sources: sources.map((source) => source.replace(/^.*\/(bench\/results\/)/, "$1")),
+  servers,
+};
 await recordResults("disk", report);
+// The same figures as markdown, for README.md and docs/performance.md, on stderr.
+const markdown = servers.flatMap((server) => [
+  `${server.engine}, from ${server.source} (${server.measured_size} rows over ${server.measured_days} d):`,
+  "",
+  "| rate | raw per day | totals per day | 7 d raw / totals | 30 d raw / totals | 365 d raw / totals |",
+  "|---|---:|---:|---:|---:|---:|",
+  ...server.estimates.map((estimate) =>
+    `| ${estimate.rate} msg/s | ${estimate.raw_per_day} | ${estimate.totals_per_day} | ${
+      estimate.retention.map((kept) => `${kept.raw} / ${kept.totals}`).join(" | ")
+    } |`
+  ),
+  "",
+  "| table | bytes/row | rows measured | rows predicted |",
+  "|---|---:|---:|---:|",
+  ...Object.entries(server.tables).map(([table, size]) =>
+    `| ${table} | ${size.bytes_per_row} | ${size.rows_measured} | ${size.rows_predicted} |`
+  ),
+  "",
+]);
+Deno.stderr.writeSync(new TextEncoder().encode(markdown.join("\n") + "\n"));
 Deno.stdout.writeSync(
   new TextEncoder().encode(JSON.stringify({ bench: "disk", ...report }) + "\n"),
 );
