@@ -7,7 +7,7 @@
  */
 import process from "node:process";
 import { delay, type ServiceProcess, spawnService, type World } from "../testing/pipeline.ts";
-import { withKafkaAdmin } from "../testing/stack.ts";
+import { CLICKHOUSE_TARGET, withKafkaAdmin } from "../testing/stack.ts";
 
 const ROOT = new URL("..", import.meta.url);
 const encoder = new TextEncoder();
@@ -277,6 +277,8 @@ export function reportContext(run: {
     bench_process_cpu_s: round((cpu.user + cpu.system) / 1e6, 1),
     host: { ...run.host, load_avg_1m: run.load.stop() },
     seed: run.seed,
+    // TEST_CLICKHOUSE picks the server and is not part of the recorded command.
+    clickhouse: { server: CLICKHOUSE_TARGET.name, url: CLICKHOUSE_TARGET.url },
     service_flags: run.serviceFlags,
     // glibc malloc tunables reach the service through the inherited environment.
     malloc_env: Object.fromEntries(
