@@ -262,7 +262,7 @@ export async function kvDiskBytes(path: string): Promise<number> {
 
 /**
  * The fields every benchmark report ends with: this process's own CPU, the
- * host with its load over the run (stopping `run.load`), the seed, the
+ * host with its load over the run (stopping `run.load`), the seed, the ClickHouse server, the
  * service's extra flags, the glibc malloc tunables and the code version.
  */
 export function reportContext(run: {
