@@ -5,7 +5,7 @@
  * carry, so every request leaves full and the figure is the product's ceiling.
  *
  * ```sh
- * deno task bench:e2e [--rate 400] [--flushes 5] [--seed 1] [--drain-rate 600r/m] [--keep]
+ * deno task bench:e2e [--rate 400] [--flushes 5] [--idle-seconds 60] [--seed 1] [--drain-rate 600r/m] [--keep]
  *   [--service-flags=<deno flags for the service, space-separated>]
  * ```
  *
@@ -15,12 +15,14 @@
  * 1. Fresh topic (3 partitions), database and private stock proxy
  *    (testing/pipeline.ts createWorld). The service runs with its defaults for
  *    pacing (CLICKHOUSE_SPACING_MS 62500, CLICKHOUSE_MARGIN_MS 750).
- * 2. The producer sends the stock distribution at `--rate` msg/s with
+ * 2. Before any record is produced, the service's CPU is read over `--idle-seconds`
+ *    (0 skips it): its fixed cost with nothing to carry (`idle_cpu_ms_per_s`).
+ * 3. The producer sends the stock distribution at `--rate` msg/s with
  *    distinct resource ids; the Kafka acknowledgement time of each produce
  *    request is kept as the produce time of the records it carried.
- * 3. Once the proxy's access log shows `--flushes` accepted INSERTs after the
+ * 4. Once the proxy's access log shows `--flushes` accepted INSERTs after the
  *    first, the producer stops and the service is stopped (SIGTERM).
- * 4. The backlog left is drained by a second service process on the same KV,
+ * 5. The backlog left is drained by a second service process on the same KV,
  *    pointed at a fast private proxy (`--drain-rate`), so every produced id
  *    must end up in ClickHouse exactly once: `lost` and `duplicated` are
  *    checked by id over the whole run.
@@ -40,8 +42,9 @@
  *   during the measured window / rows landed in it × 1e6. The service also
  *   consumed and queued faster than it landed in that window, so this
  *   overstates the per-record cost; `cpu_s_per_million_total` is both
- *   service processes' whole CPU (start-up included) / records produced, each
- *   of which was consumed, queued, packed and landed exactly once.
+ *   service processes' whole CPU (start-up included, the idle phase not) /
+ *   records produced, each of which was consumed, queued, packed and landed
+ *   exactly once.
  * - `peak_rss_mb`: VmHWM of the service during the stock-proxy phase.
  *
  * Benchmarks measure; nothing here asserts a timing. Progress goes to
@@ -69,6 +72,7 @@ import {
   ProcSampler,
   progress,
   quantile,
+  readProc,
   reportContext,
   round,
   rssParts,
@@ -80,6 +84,7 @@ const { values } = parseArgs({
   options: {
     rate: { type: "string", default: "400" },
     flushes: { type: "string", default: "5" },
+    "idle-seconds": { type: "string", default: "60" },
     seed: { type: "string", default: "1" },
     "drain-rate": { type: "string", default: "600r/m" },
     keep: { type: "boolean", default: false },
@@ -90,10 +95,11 @@ const serviceFlags = values["service-flags"].split(" ").filter((f) => f !== "");
 const rate = Number(values.rate);
 const flushes = Number(values.flushes);
 const seed = Number(values.seed);
+const idleSeconds = Number(values["idle-seconds"]);
 const drainRate = values["drain-rate"];
-if (!(rate > 0) || !Number.isInteger(flushes) || flushes < 1) {
+if (!(rate > 0) || !Number.isInteger(flushes) || flushes < 1 || !(idleSeconds >= 0)) {
   throw new Error(
-    `Cannot run as --rate must be > 0 and --flushes an integer ≥ 1: ${rate}, ${flushes}`,
+    `Cannot run as --rate must be > 0, --flushes an integer ≥ 1 and --idle-seconds ≥ 0: ${rate}, ${flushes}, ${idleSeconds}`,
   );
 }
 const STOCK_RATE = "1r/m";
@@ -158,6 +164,23 @@ try {
   });
   const sampler1 = new ProcSampler(service1.child.pid);
   await service1.waitFor((r) => r.message.includes("consuming"), 60_000);
+  let idleCpuMsPerS: number | null = null;
+  let idleCpuS = 0;
+  if (idleSeconds > 0) {
+    // Past start-up (group join, the version probe) before the clock starts.
+    await delay(5_000);
+    const before = readProc(service1.child.pid);
+    await delay(idleSeconds * 1_000);
+    const after = readProc(service1.child.pid);
+    if (before !== null && after !== null) {
+      idleCpuS = after.cpuS - before.cpuS;
+      idleCpuMsPerS = round(
+        ((after.cpuS - before.cpuS) * 1000) / ((after.at - before.at) / 1000),
+        2,
+      );
+    }
+    progress(`idle: ${idleCpuMsPerS} CPU-ms per second over ${idleSeconds} s with no records`);
+  }
   progress(`service pid ${service1.child.pid} started; producing ${rate} msg/s (seed ${seed})`);
 
   const genNow = Date.now();
@@ -386,7 +409,9 @@ try {
     log_vs_nginx_max_skew_ms: Math.round(Math.max(...skewMs)),
     stock_proxy_statuses: countStatuses(stockLog),
     window_cpu_s: round(windowCpu, 2),
-    cpu_s_per_million_total: round(((cpu1Total + cpu2Total) / produced) * 1e6, 2),
+    idle_cpu_ms_per_s: idleCpuMsPerS,
+    idle_seconds: idleSeconds,
+    cpu_s_per_million_total: round(((cpu1Total - idleCpuS + cpu2Total) / produced) * 1e6, 2),
     service_cpu_s: { stock_phase: round(cpu1Total, 2), drain_phase: round(cpu2Total, 2) },
     drain: {
       rate: drainRate,
