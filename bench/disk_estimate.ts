@@ -29,6 +29,7 @@
  * @module
  */
 import { AnonymizerError } from "../lib/errors.ts";
+import type { QueriesRun } from "./_queries_results.ts";
 import { recordResults } from "./_results.ts";
 
 const DAY = 86_400;
@@ -62,18 +63,6 @@ function human(bytes: number): string {
   return `${Number(bytes.toPrecision(3))} ${units[unit]}`;
 }
 
-interface TableSize {
-  rows: number;
-  bytes_per_row: number;
-}
-
-interface QueriesResult {
-  engine: string;
-  size: number;
-  days: number;
-  tables_optimized: Record<string, TableSize>;
-}
-
 const sources = Deno.args;
 if (sources.length === 0) {
   throw new AnonymizerError(
@@ -81,9 +70,9 @@ if (sources.length === 0) {
     { code: "config_invalid" },
   );
 }
-const largest = new Map<string, { result: QueriesResult; source: string }>();
+const largest = new Map<string, { result: QueriesRun; source: string }>();
 for (const source of sources) {
-  const queries = JSON.parse(await Deno.readTextFile(source)) as { results: QueriesResult[] };
+  const queries = JSON.parse(await Deno.readTextFile(source)) as { results: QueriesRun[] };
   for (const result of queries.results) {
     if ((largest.get(result.engine)?.result.size ?? 0) < result.size) {
       largest.set(result.engine, {

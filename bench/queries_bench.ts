@@ -31,6 +31,7 @@ import { migrate } from "../lib/sink/clickhouse/migrate.ts";
 import { recordResults } from "./_results.ts";
 import { stockInsertSql } from "../testing/stock_sql.ts";
 import { freePort } from "../testing/stack.ts";
+import type { QueryTiming, TableSize } from "./_queries_results.ts";
 
 const TOTALS_VIEWS = [
   "http_log_totals_1m",
@@ -44,27 +45,6 @@ const RANGES: Record<string, number> = { "1h": HOUR, "1d": DAY, "7d": 7 * DAY, "
 const DIMENSIONS = ["resource_id", "remote_addr", "response_status", "cache_status"] as const;
 type Dimension = typeof DIMENSIONS[number];
 type Keys = Record<Dimension, string>;
-
-interface QueryTiming {
-  phase: string;
-  query: string;
-  /** Dimensions filtered, `+`-joined; `-` for queries without a combination. */
-  combination: string;
-  /** `hot`, `cold`, or `-` for queries that look up no key. */
-  key: string;
-  range: string;
-  concurrency: number;
-  p50_ms: number;
-  p95_ms: number;
-  result_rows: number;
-}
-
-interface TableSize {
-  rows: number;
-  parts: number;
-  bytes_on_disk: number;
-  bytes_per_row: number;
-}
 
 const encoder = new TextEncoder();
 function progress(message: string): void {

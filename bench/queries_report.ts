@@ -25,25 +25,7 @@
  */
 import { parseArgs } from "node:util";
 import { AnonymizerError } from "../lib/errors.ts";
-
-interface Timing {
-  phase: string;
-  query: string;
-  combination: string;
-  key: string;
-  range: string;
-  concurrency: number;
-  p50_ms: number;
-  p95_ms: number;
-}
-
-interface Run {
-  engine: string;
-  size: number;
-  days: number;
-  tables_optimized: Record<string, { rows: number; bytes_per_row: number }>;
-  queries: Timing[];
-}
+import type { QueriesRun, QueryTiming } from "./_queries_results.ts";
 
 const LETTERS: Record<string, string> = {
   resource_id: "R",
@@ -52,7 +34,7 @@ const LETTERS: Record<string, string> = {
   cache_status: "C",
 };
 
-function label(timing: Timing): string {
+function label(timing: QueryTiming): string {
   if (timing.query === "top_resources") return "top_resources, 1 h range";
   if (timing.query !== "combination_totals") return timing.query;
   return timing.combination.split("+").map((dimension) => LETTERS[dimension] ?? dimension).join(
@@ -60,7 +42,7 @@ function label(timing: Timing): string {
   );
 }
 
-function cell(timing: Timing | undefined): string {
+function cell(timing: QueryTiming | undefined): string {
   return timing === undefined ? "—" : `${timing.p50_ms} / ${timing.p95_ms}`;
 }
 
@@ -105,7 +87,7 @@ const columns: { title: string; phase: string; key: string; range: string }[] =
 
 const lines: string[] = [];
 for (const file of positionals) {
-  const runs = (JSON.parse(await Deno.readTextFile(file)) as { results: Run[] }).results;
+  const runs = (JSON.parse(await Deno.readTextFile(file)) as { results: QueriesRun[] }).results;
   for (const run of runs) {
     if (!run.engine.includes(values.engine)) continue;
     if (values.size !== "" && String(run.size) !== values.size) continue;
