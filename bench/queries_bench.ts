@@ -9,7 +9,9 @@
  * ```
  *
  * Every query runs for each time range (`--ranges`, ending now) and each number of concurrent
- * panels (`--concurrency`: that many copies at once, each timed); `combination_totals` runs for
+ * panels (`--concurrency`: that many copies at once, each timed), with one point a minute in the
+ * time series or, with `--points N`, about N points over the range in whole minutes (what a
+ * Grafana panel N pixels wide asks for); `combination_totals` runs for
  * all 15 non-empty combinations of resource, network, status and cache status, with hot keys (the
  * top resource and busiest network of the last complete hour) and cold ones (those of one row).
  * Each is timed once background merges have settled and again after `OPTIMIZE ... FINAL`, where
@@ -95,7 +97,20 @@ interface Case {
   params: Record<string, ParamValue>;
 }
 
-function cases(to: number, ranges: string[], keys: { hot: Keys; cold: Keys }): Case[] {
+/**
+ * Seconds per point of a time series: one a minute, or with `points` > 0 about that many points
+ * over the range in whole minutes, as Grafana's `$__interval` gives a panel `points` wide.
+ */
+function stepFor(range: string, points: number): number {
+  if (points <= 0) return 60;
+  return Math.max(60, Math.ceil(RANGES[range]! / points / 60) * 60);
+}
+
+function cases(
+  to: number,
+  keys: { hot: Keys; cold: Keys },
+  options: { ranges: string[]; points: number },
+): Case[] {
   const list: Case[] = [{
     query: "top_resources",
     combination: "-",
@@ -103,8 +118,8 @@ function cases(to: number, ranges: string[], keys: { hot: Keys; cold: Keys }): C
     range: "1h",
     params: { from: to - HOUR },
   }];
-  for (const range of ranges) {
-    const window = { from: to - RANGES[range]!, to, step: 60 };
+  for (const range of options.ranges) {
+    const window = { from: to - RANGES[range]!, to, step: stepFor(range, options.points) };
     for (const query of ["traffic_over_time", "cache_status_over_time", "status_codes_over_time"]) {
       list.push({ query, combination: "-", key: "-", range, params: window });
     }
@@ -242,6 +257,7 @@ interface BenchOptions {
   chunk: number;
   days: number;
   ranges: string[];
+  points: number;
   concurrency: number[];
 }
 
@@ -270,7 +286,7 @@ async function benchOne(engine: Engine, size: number, options: BenchOptions) {
   progress(`${engine.label}: background merges settled after ${settleSeconds.toFixed(1)} s`);
 
   const keys = await lookupKeys(engine, database, now);
-  const list = cases(now, options.ranges, keys);
+  const list = cases(now, keys, options);
   const timing = { runs, concurrency: options.concurrency };
   const settledTables = await tableSizes(engine, database);
   const settled = await timeCases(engine, database, list, { ...timing, phase: "settled" });
@@ -377,6 +393,7 @@ async function main(): Promise<void> {
       days: { type: "string", default: "1" },
       ranges: { type: "string", default: "1h,1d,7d,30d" },
       concurrency: { type: "string", default: "1,8" },
+      points: { type: "string", default: "0" },
     },
   });
   const ranges = values.ranges.split(",");
@@ -396,8 +413,15 @@ async function main(): Promise<void> {
     chunk: Number(values.chunk),
     days: Number(values.days),
     ranges,
+    points: Number(values.points),
     concurrency: values.concurrency.split(",").map(Number),
   };
+  if (!Number.isInteger(options.points) || options.points < 0) {
+    throw new AnonymizerError(
+      `Cannot bench as --points must be an integer ≥ 0: current value is "${values.points}"`,
+      { code: "config_invalid" },
+    );
+  }
   const sizes = values.sizes.split(",").map(Number);
   const started = new Date();
   const results: unknown[] = [];
@@ -405,6 +429,7 @@ async function main(): Promise<void> {
     runs: options.runs,
     days: options.days,
     ranges,
+    points: options.points,
     concurrency: options.concurrency,
     results,
   };

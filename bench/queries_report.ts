@@ -87,7 +87,11 @@ const columns: { title: string; phase: string; key: string; range: string }[] =
 
 const lines: string[] = [];
 for (const file of positionals) {
-  const runs = (JSON.parse(await Deno.readTextFile(file)) as { results: QueriesRun[] }).results;
+  const { results: runs, points = 0 } = JSON.parse(await Deno.readTextFile(file)) as {
+    results: QueriesRun[];
+    points?: number;
+  };
+  const series = points > 0 ? `about ${points} points a series` : "one point a minute";
   for (const run of runs) {
     if (!run.engine.includes(values.engine)) continue;
     if (values.size !== "" && String(run.size) !== values.size) continue;
@@ -105,7 +109,7 @@ for (const file of positionals) {
       ? `${values.range} range`
       : `${values.phase}, ${values.key} keys`;
     lines.push(
-      `${file}: ${run.engine}, ${run.size} rows over ${run.days} d, ${scope}, concurrency ${concurrency}, p50 / p95 ms`,
+      `${file}: ${run.engine}, ${run.size} rows over ${run.days} d, ${scope}, concurrency ${concurrency}, ${series}, p50 / p95 ms`,
       "",
       `| query | ${columns.map((column) => column.title).join(" | ")} |`,
       `|---|${columns.map(() => "---:").join("|")}|`,

@@ -58,6 +58,13 @@ const MAX_SEAL_PARTITIONS = 99;
  * pending rows of each, and the commit must stay under 800 KiB.
  */
 const MAX_SEAL_STRADDLING = 4;
+/**
+ * Owned chunks of another UTC day one seal reads past. Around midnight late
+ * records interleave two days in every partition; stopping at the first chunk
+ * of the other day would seal a few rows per proxy slot. Reads are streamed,
+ * and the chunks of such interleaving are small.
+ */
+const MAX_SEAL_SKIPPED = 1_000;
 
 /** Builds the body of a batch from a prefix of `rows`, putting `batchId` in every row. */
 export type Packer = (rows: HttpLogRow[], batchId: bigint) => PackResult | Promise<PackResult>;
@@ -289,7 +296,21 @@ export class Sealing {
     }
     const fromPartitions = new Set<(typeof heads)[number]>();
     let straddling = 0;
+    let skipped = 0;
     while (rows < candidateRows && taken.length < MAX_CHUNKS_PER_COMMIT) {
+      // An owned chunk of the other day stays queued for a batch of its own
+      // day; rows after a chunk holding pending rows are pending too, so a
+      // partition stops there.
+      for (const h of heads) {
+        while (
+          day !== undefined && h.head !== undefined && h.head.value.day !== day &&
+          chunkLastOffset(h.head.value) < h.committed && skipped < MAX_SEAL_SKIPPED
+        ) {
+          skipped++;
+          const n = await h.it.next();
+          h.head = n.done ? undefined : n.value;
+        }
+      }
       let best: (typeof heads)[number] | undefined;
       for (const h of heads) {
         const c = h.head;

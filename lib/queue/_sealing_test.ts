@@ -294,3 +294,46 @@ Deno.test("KvQueue.seal() takes rows from at most 99 partitions", async () => {
   assert.deepEqual(batches.map((b) => b.rows), [99, 2]);
   assertExactlyOnce(ids(rows), Array.from({ length: 101 }, (_, p) => rowId(p, 0)));
 });
+
+Deno.test("KvQueue.seal() takes every owned chunk of its day past chunks of another day", async (t) => {
+  await using tmp = await tempKv();
+  await using queue = await openQueue(tmp.path);
+  // Around midnight UTC late records interleave two days in every partition.
+  const nextDay = (offset: number) => offset % 3 === 1 ? { timestamp: DAY0 + DAY + offset } : {};
+  const firstDay = (partition: number) => idRange(partition, 0, 15).filter((_, i) => i % 3 !== 1);
+  const secondDay = (partition: number) => idRange(partition, 0, 15).filter((_, i) => i % 3 === 1);
+
+  await t.step("three appends per partition, each holding rows of both days", async () => {
+    for (let p = 0; p < 2; p++) {
+      await appendOwned(queue, p, 0, 5, nextDay);
+      await appendOwned(queue, p, 5, 10, nextDay);
+      await appendOwned(queue, p, 10, 15, nextDay);
+    }
+    // Pending rows of both days: no seal looks past them.
+    await queue.append(TOPIC, 0, entries(0, 15, 21, nextDay), { next: 21n });
+  });
+
+  await t.step("one seal offers every row of the first day", async () => {
+    const packer = new Packer();
+    const batch = await queue.seal(packer.pack);
+    assert.ok(batch !== null);
+    assertExactlyOnce(ids(packer.offered[0]!), [0, 1].flatMap(firstDay));
+    assert.ok(packer.offered[0]!.every((r) => utcDay(r.timestamp) === utcDay(DAY0)));
+    await queue.markLanded(batch.id);
+  });
+
+  await t.step("the next seal offers every row of the other day", async () => {
+    const { rows, batches } = await drain(queue);
+    assert.equal(batches.length, 1);
+    assertExactlyOnce(ids(rows), [0, 1].flatMap(secondDay));
+    await assertAccounted(queue, 36);
+  });
+
+  await t.step("the pending rows follow once owned", async () => {
+    await queue.promote(TOPIC, 0, 21n);
+    const { rows, batches } = await drain(queue);
+    assert.equal(batches.length, 2);
+    assertExactlyOnce(ids(rows), idRange(0, 15, 21));
+    await assertAccounted(queue, 36);
+  });
+});

@@ -213,7 +213,9 @@ export class KvQueue implements AsyncDisposable {
   /**
    * Seals the next batch from owned rows unless one is sealed already.
    * Rows handed back by {@linkcode KvQueue.unseal} go first; then owned rows,
-   * oldest first across partitions. All rows of a batch share one UTC day.
+   * oldest first across partitions. All rows of a batch share one UTC day: the
+   * day of the oldest chunk, whose rows it takes from every partition, past
+   * owned chunks of other days.
    * `pack` builds the body from a prefix of the offered rows and must put
    * `batchId` in every row.
    *
