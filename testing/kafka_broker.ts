@@ -117,7 +117,11 @@ async function renderProperties(
 
 /** `kafka-storage format` with a random cluster id, as scripts/stack.sh does on a first start. */
 async function format(libs: string, props: string, dir: string): Promise<void> {
-  const clusterId = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))))
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  // An id starting with "-" reads as an option to kafka-storage (1 in 64 ids): a clear top bit
+  // makes the first character a letter.
+  bytes[0]! &= 0x7f;
+  const clusterId = btoa(String.fromCharCode(...bytes))
     .replaceAll("+", "-").replaceAll("/", "_").replaceAll("=", "");
   const out = await new Deno.Command("java", {
     args: [
