@@ -174,10 +174,7 @@ try {
     const after = readProc(service1.child.pid);
     if (before !== null && after !== null) {
       idleCpuS = after.cpuS - before.cpuS;
-      idleCpuMsPerS = round(
-        ((after.cpuS - before.cpuS) * 1000) / ((after.at - before.at) / 1000),
-        2,
-      );
+      idleCpuMsPerS = round((idleCpuS * 1000) / ((after.at - before.at) / 1000), 2);
     }
     progress(`idle: ${idleCpuMsPerS} CPU-ms per second over ${idleSeconds} s with no records`);
   }
