@@ -25,6 +25,11 @@ export interface Commit {
   sha: string;
   /** Whether `git status --porcelain` listed changes (results/ itself ignored). */
   dirty: boolean;
+  /**
+   * The paths it listed, when dirty, so that a reader can tell an edit the run
+   * never loaded from one it measured. Absent when clean.
+   */
+  changed?: string[];
 }
 
 /** Options of {@linkcode recordResults}. */
@@ -66,7 +71,9 @@ async function git(args: string[]): Promise<string | undefined> {
 export async function currentCommit(): Promise<Commit> {
   const sha = (await git(["rev-parse", "HEAD"]))?.trim() ?? "unknown";
   const status = await git(["status", "--porcelain", "--", ".", ":!bench/results"]);
-  return { sha, dirty: status === undefined ? false : status.trim() !== "" };
+  const changed = (status ?? "").split("\n").filter((line) => line.trim() !== "")
+    .map((line) => line.slice(3));
+  return changed.length === 0 ? { sha, dirty: false } : { sha, dirty: true, changed };
 }
 
 /**

@@ -58,7 +58,9 @@ export interface PackBatchOptions {
   /** Table to insert into. Default: `"http_log"`. */
   table?: string;
   /**
-   * zstd compression level, 1–19, always with matches of at least 6 bytes.
+   * zstd compression level, 1–19, always with matches of at least 6 bytes,
+   * for a body that cannot take every offered row at level 1; one that can is
+   * sent as that level-1 frame, as a smaller body would carry no more rows.
    * Default: `16` for `"native_planes_zstd"`, the lowest level of zstd's
    * optimal parser, which that layout needs for 20,000 stock rows per MiB;
    * `8` for the others, where level 16 gains only 1.5% more rows for ten
@@ -201,7 +203,9 @@ function insertTarget(options: InsertStatementOptions): string {
 
 /**
  * Packs the longest prefix of `rows` whose body fits `bodyLimit`: when more
- * rows are offered than fit, the body fills at least 97% of the limit. The
+ * rows are offered than fit, the body fills at least 97% of the limit. When
+ * every offered row fits at zstd level 1, the body is compressed at level 1,
+ * otherwise at `zstdLevel`. The
  * rows of a body are sorted by timestamp, which compresses best. The same rows
  * and options always give the same bytes (with the same zstd library), so a
  * batch can be packed again for a retry. Rows must already be validated.
@@ -271,16 +275,24 @@ export function packBatch(rows: readonly HttpLogRow[], options: PackBatchOptions
   // The first guess comes from a level-1 probe, about five times cheaper than
   // the target level; every later guess from the last real size.
   const probeRows = sorted.length;
-  const probeSize = zstdFrame(nativeOf(probeRows), 1).length *
-    LEVEL1_TO_DEFAULT[layout];
+  const probeNative = nativeOf(probeRows);
+  const probe = zstdFrame(probeNative, 1);
+  // Below the proxy's ceiling every queued row fits at level 1, and the target
+  // level would only shrink a body no limit asks to shrink, at tens of times
+  // the CPU (docs/capacity.md). The level pays only when rows are left over.
+  const fitsAtLevel1 = probeRows === offered && probe.length <= frameLimit;
+  let best: { n: number; nativeLength: number; frame: Uint8Array<ArrayBuffer> } | undefined =
+    fitsAtLevel1 ? { n: offered, nativeLength: probeNative.length, frame: probe } : undefined;
   let n = Math.min(
     offered,
-    Math.max(1, Math.floor((probeRows * AIM_FILL * frameLimit) / probeSize)),
+    Math.max(
+      1,
+      Math.floor((probeRows * AIM_FILL * frameLimit) / (probe.length * LEVEL1_TO_DEFAULT[layout])),
+    ),
   );
 
-  let best: { n: number; nativeLength: number; frame: Uint8Array<ArrayBuffer> } | undefined;
   let tooMany = offered + 1;
-  for (let step = 0; step < MAX_SEARCH_STEPS; step++) {
+  for (let step = 0; !fitsAtLevel1 && step < MAX_SEARCH_STEPS; step++) {
     const native = nativeOf(n);
     const frame = zstdFrame(native, level);
     if (frame.length <= frameLimit) {

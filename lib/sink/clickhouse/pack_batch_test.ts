@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { zstdDecompressSync } from "node:zlib";
 import { defaultEncoding, packBatch, type PackedBatch } from "./pack_batch.ts";
 import { cityHash128 } from "./_cityhash128.ts";
+import { zstdFrame } from "./_compress.ts";
 import { AnonymizerError } from "../../errors.ts";
 import type { HttpLogRow } from "../../record/types.ts";
 import { edgeRows, stockRows } from "../../../testing/stock_rows.ts";
@@ -221,6 +222,22 @@ Deno.test("packBatch() takes every row when all fit", () => {
     assert.equal(packed.rowCount, 10);
     assert.equal(decodeNative(nativeOf(packed)).rows.length, 10);
   }
+});
+
+Deno.test("packBatch() spends zstdLevel only on bodies that leave rows over", async (t) => {
+  await t.step("every row fits at level 1: the body is the level-1 frame", () => {
+    const rows = stockRows(8_000, 10);
+    const packed = packBatch(rows, { batchId: 10n, encoding: "native_planes_zstd" });
+    assert.equal(packed.rowCount, rows.length);
+    assert.deepEqual(packed.body, zstdFrame(nativeOf(packed), 1));
+  });
+  await t.step("rows left over: the body is at zstdLevel, smaller than level 1", () => {
+    const rows = stockRows(25_000, 10);
+    const packed = packBatch(rows, { batchId: 10n, encoding: "native_planes_zstd" });
+    assert.ok(packed.rowCount < rows.length);
+    assert.deepEqual(packed.body, zstdFrame(nativeOf(packed), 16));
+    assert.ok(packed.body.length < zstdFrame(nativeOf(packed), 1).length);
+  });
 });
 
 Deno.test("packBatch() returns the request parameters of its encoding", () => {
