@@ -73,7 +73,11 @@ export interface FlusherOptions {
    * between two batches.
    */
   sealLeadMs?: number;
-  /** Rows offered to the sink for the first seal; later seals size this from the last batch. Default: `40_000`. */
+  /**
+   * Rows offered to the sink for a seal after a body with room left, the first
+   * included; after a full body (90% of `bodyLimit` or more) the offer is sized
+   * from its bytes per row. Default: `40_000`.
+   */
   candidateRows?: number;
   /** Largest request body, bytes, to size later seals. Default: `1_048_576`. */
   bodyLimit?: number;
@@ -101,6 +105,9 @@ export interface FlusherOptions {
  * Kafka takes well under a second, and the receiver seals when it arrives.
  */
 const SHARED_SEAL_LEAD_MS = 5_000;
+
+/** Fill from which a body counts as full: packBatch fills one that leaves rows over to 97%. */
+const FULL_BODY = 0.9;
 
 /**
  * Sends sealed batches, paced for the proxy.
@@ -141,6 +148,7 @@ export class Flusher {
   /** The batch whose unknown outcome is being resolved, and the slots spent on it so far. */
   #resolving: { id: bigint; slots: number } | null = null;
   #bytesPerRow = 0;
+  #candidateRows: number;
   #profile: SinkProfile | null = null;
 
   /** A flusher for `queue`, delivering to `sink`. */
@@ -168,6 +176,7 @@ export class Flusher {
       candidateRows: options.candidateRows ?? 40_000,
       bodyLimit: options.bodyLimit ?? 1_048_576,
     };
+    this.#candidateRows = this.#opts.candidateRows;
   }
 
   /** Live state. */
@@ -313,17 +322,21 @@ export class Flusher {
     const started = performance.now();
     const hints = { avoidEncoding: this.#rejections.avoidEncoding };
     const batch = await this.#queue.seal((rows, id) => this.#sink.pack(rows, id, hints), {
-      // Decoding far more rows than fit costs memory and CPU on every seal; a quarter more
-      // than the last batch's density suggests leaves room for variation.
-      candidateRows: this.#bytesPerRow > 0
-        ? Math.ceil((this.#opts.bodyLimit / this.#bytesPerRow) * 1.25)
-        : this.#opts.candidateRows,
+      candidateRows: this.#candidateRows,
     });
     if (batch === null) return null;
     // Isolated groups are sealed before any other rows, so a batch that is
     // not one ends every bisection.
     if (batch.isolated === false) this.#rejections.sealedOrdinary();
     this.#bytesPerRow = batch.bytes / batch.rows;
+    // Decoding far more rows than fit costs memory and CPU on every seal, so a
+    // full body's density sizes the next offer, with a quarter more for
+    // variation. A body with room left says nothing of how many rows fit:
+    // a small batch compresses worse per row, and sized from it the next seal
+    // would leave owned rows behind for a slot.
+    this.#candidateRows = batch.bytes >= FULL_BODY * this.#opts.bodyLimit
+      ? Math.ceil((this.#opts.bodyLimit / this.#bytesPerRow) * 1.25)
+      : this.#opts.candidateRows;
     log.debug("Sealed batch {batchId}: {rows} rows, {bytes} bytes in {ms} ms", {
       batchId: String(batch.id),
       rows: batch.rows,

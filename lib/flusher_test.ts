@@ -25,10 +25,13 @@ const TOPIC = "http_log";
 /** Virtual time: a sleep moves it forward at once, unless a wake ends it first. */
 class FakeClock implements Clock {
   t = 1_700_000_000_000;
+  /** While set, every sleep waits for it: the test changes the queue with the flusher parked. */
+  hold: Promise<void> | null = null;
   readonly now = (): number => this.t;
   readonly sleep = async (ms: number, signal: AbortSignal): Promise<void> => {
     // A macrotask lets the test and other callbacks run between the flusher's steps.
     await new Promise((r) => setTimeout(r, 0));
+    await this.hold;
     if (!signal.aborted) this.t += ms;
   };
 }
@@ -167,6 +170,17 @@ function row(i: number): HttpLogRow {
   return testRow(i, { timestamp: 1_700_000_000 + i, url: `/r/${i}` });
 }
 
+/** A row with a 2,000-character pseudo-random URL: a KV chunk holds a few dozen of them. */
+function incompressibleRow(i: number): HttpLogRow {
+  let x = i * 2_654_435_761 + 1;
+  let url = `/r/${i}/`;
+  for (let k = 0; k < 2_000; k++) {
+    x = (x * 1_103_515_245 + 12_345) % 2_147_483_648;
+    url += "abcdefghijklmnopqrstuvwxyz0123456789"[x % 36];
+  }
+  return testRow(i, { timestamp: 1_700_000_000 + i, url });
+}
+
 const ids = (n: number): bigint[] => Array.from({ length: n }, (_, i) => BigInt(i));
 
 interface Rig extends AsyncDisposable {
@@ -186,6 +200,7 @@ interface Rig extends AsyncDisposable {
 async function rig(
   rows: number,
   profile: ConstructorParameters<typeof FakeSink>[1] = { dedup: "check" },
+  options: { bodyLimit?: number } = {},
 ): Promise<Rig> {
   const clock = new FakeClock();
   const tmp = await openTempQueue({ prefix: "anonymizer-flusher-", now: clock.now });
@@ -200,6 +215,7 @@ async function rig(
   const poison: Rig["poison"] = [];
   const systemic: SystemicFailure[] = [];
   const flusher = new Flusher(queue, sink, {
+    ...options,
     spacingMs: SPACING_MS,
     marginMs: MARGIN_MS,
     clock,
@@ -451,6 +467,49 @@ Deno.test("Flusher sends at most one request per slot", async () => {
   assert.equal(sends.length, 10);
   for (let i = 1; i < sends.length; i++) assert.ok(sends[i]!.at - sends[i - 1]!.at >= SLOT_MS);
   assert.deepEqual(r.sink.storedIds(), ids(1_000));
+});
+
+Deno.test("Flusher sizes a seal's offer from the last body only when that body was full", async (t) => {
+  // The fake sink's body is the JSON of the row ids, about 6 bytes a row.
+  await using r = await rig(1, { dedup: "check" }, { bodyLimit: 1_000 });
+  let next = 1n;
+  const queueChunks = async (chunks: number) => {
+    let release = () => {};
+    r.clock.hold = new Promise((resolve) => release = resolve);
+    // Long enough for the flusher to finish its step and park in a sleep.
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    for (let k = 0; k < chunks; k++) {
+      const entries = Array.from({ length: 100 }, (_, i) => {
+        const offset = next + BigInt(i);
+        return { offset, row: incompressibleRow(Number(offset)) };
+      });
+      next += 100n;
+      await r.queue.append(TOPIC, 0, entries, { next });
+      await r.queue.promote(TOPIC, 0, next);
+    }
+    r.clock.hold = null;
+    release();
+  };
+  await t.step("a 1-row body, far from full, lands", async () => {
+    await r.runUntil(() => drained(r.queue, 1));
+  });
+  await t.step("the next seal offers every queued row, not a guess from that body", async () => {
+    await queueChunks(10);
+    r.flusher.wake();
+    await r.runUntil(() => drained(r.queue, 1_001));
+    // Sized from the 1-row body (5 bytes) the offer would be 250 rows.
+    assert.deepEqual(r.sink.sends().map((s) => s.rows), [1, 1_000]);
+  });
+  await t.step("after a full body the offer is sized from its bytes per row", async () => {
+    await queueChunks(10);
+    r.flusher.wake();
+    await r.runUntil(() => drained(r.queue, 2_001));
+    const rows = r.sink.sends().map((s) => s.rows!);
+    // The 1,000-row body took about 6.9 bytes a row: 1,000 / 6.9 × 1.25 ≈ 182 rows, in whole chunks.
+    assert.ok(rows[2]! >= 182 && rows[2]! < 400, `${rows[2]} rows`);
+    assert.equal(rows.slice(2).reduce((a, b) => a + b, 0), 1_000);
+  });
+  assert.deepEqual(r.sink.storedIds(), ids(2_001));
 });
 
 Deno.test("Flusher asks the version first, and sends nothing to a server it cannot write to", async (t) => {
