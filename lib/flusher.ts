@@ -10,6 +10,7 @@
  *
  * @module
  */
+import { collectGarbage } from "./_collect_garbage.ts";
 import { getLogger } from "@logtape/logtape";
 import type { AnonymizerError } from "./errors.ts";
 import {
@@ -324,6 +325,8 @@ export class Flusher {
     const batch = await this.#queue.seal((rows, id) => this.#sink.pack(rows, id, hints), {
       candidateRows: this.#candidateRows,
     });
+    // What the seal decoded is dead now; between slots the RSS should not carry it.
+    collectGarbage();
     if (batch === null) return null;
     // Isolated groups are sealed before any other rows, so a batch that is
     // not one ends every bisection.

@@ -38,7 +38,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # The V8 heap limits of deno.json's run task (tests/heap_limit_test.ts keeps
 # the two equal), baked in so the binary needs no flags: without them V8 sizes
 # its heap for the machine's memory and the service's RSS grows to ~300 MB.
-V8_FLAGS="--max-old-space-size=96,--max-semi-space-size=4"
+V8_FLAGS="--max-old-space-size=64,--max-semi-space-size=2,--no-memory-pool,--expose-gc"
 OUT="$ROOT/dist/anonymizer"
 SKIPPED_EXIT=3
 
@@ -105,7 +105,7 @@ if (
   cd "$ROOT"
   if [[ -n "${DENORT_BIN:-}" ]]; then export DENORT_BIN; fi
   deno compile --unstable-kv --unstable-cron "--v8-flags=$V8_FLAGS" \
-    --allow-net --allow-read --allow-write --allow-env --allow-sys \
+    --allow-net --allow-read --allow-write --allow-env --allow-sys --allow-ffi \
     --include schema/ "${env_file_args[@]}" \
     --output "$OUT" main.ts
 ) 2>&1; then

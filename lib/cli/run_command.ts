@@ -6,6 +6,10 @@
 import { settingsHelp } from "../config.ts";
 import { startService } from "../service.ts";
 import { configuredOrExit } from "./_command_config.ts";
+import { tuneMalloc } from "./_malloc.ts";
+import { getLogger } from "@logtape/logtape";
+
+const log = getLogger(["anonymizer", "run"]);
 
 const HELP = `Usage: anonymizer run [options]
 
@@ -30,6 +34,14 @@ ${settingsHelp()}`;
 export async function main(args: string[]): Promise<number> {
   const config = await configuredOrExit(args, HELP);
   if (typeof config === "number") return config;
+  const malloc = tuneMalloc();
+  if (malloc.skipped !== null) {
+    log.info("malloc left at its defaults, so RSS may hold freed buffers: {reason}", {
+      reason: malloc.skipped,
+    });
+  } else {
+    log.debug("malloc: mmap threshold {mmapThreshold}, arenas {arenaMax}", { ...malloc });
+  }
   // Listen before starting: a signal during startup must stop, not kill, a flusher already sending.
   const { promise: signalled, resolve } = Promise.withResolvers<string>();
   const startup = new AbortController();

@@ -46,7 +46,7 @@ const TABLE_LOG = 20;
  * Compresses `data` into one zstd frame with a content checksum and matches of
  * at least 6 bytes; from level 16 on with 2^20-entry match tables.
  * Single-threaded, so the same input and level always give the same bytes
- * with the same zstd library.
+ * with the same zstd library. The frame spans a buffer of its own.
  *
  * @example
  * ```ts
@@ -71,8 +71,11 @@ export function zstdFrame(data: Uint8Array, level: number): Uint8Array<ArrayBuff
     params[constants.ZSTD_c_chainLog] = TABLE_LOG;
   }
   const out = zstdCompressSync(data, { params });
+  // A small Buffer may sit in a pool shared with other Buffers; the frame gets
+  // a buffer of its own, so a caller may release it (binary/_release.ts).
+  if (out.byteOffset !== 0 || out.byteLength !== out.buffer.byteLength) return new Uint8Array(out);
   // A Buffer from node:zlib never sits on a SharedArrayBuffer.
-  return new Uint8Array(out.buffer as ArrayBuffer, out.byteOffset, out.byteLength);
+  return new Uint8Array(out.buffer as ArrayBuffer);
 }
 
 /**

@@ -14,6 +14,7 @@ import { encodeNative, NATIVE_COLUMNS } from "./_native_format.ts";
 import { encodePlanes, planesStatement } from "./_planes_format.ts";
 import { CLICKHOUSE_BLOCK_OVERHEAD, clickHouseBlock, zstdFrame } from "./_compress.ts";
 import { serverProfile } from "./server_version.ts";
+import { releaseBuffer } from "../../binary/_release.ts";
 
 /**
  * How a body is encoded. Each carries one `Native` block, rows sorted by
@@ -277,12 +278,17 @@ export function packBatch(rows: readonly HttpLogRow[], options: PackBatchOptions
   const probeRows = sorted.length;
   const probeNative = nativeOf(probeRows);
   const probe = zstdFrame(probeNative, 1);
+  // Each try's Native block and each frame not kept are a few MB that V8
+  // would hold until its next collection; freed now, a seal's RSS stays that
+  // of one try.
+  const probeNativeLength = probeNative.length;
+  releaseBuffer(probeNative.buffer);
   // Below the proxy's ceiling every queued row fits at level 1, and the target
   // level would only shrink a body no limit asks to shrink, at tens of times
   // the CPU (docs/capacity.md). The level pays only when rows are left over.
   const fitsAtLevel1 = probeRows === offered && probe.length <= frameLimit;
   let best: { n: number; nativeLength: number; frame: Uint8Array<ArrayBuffer> } | undefined =
-    fitsAtLevel1 ? { n: offered, nativeLength: probeNative.length, frame: probe } : undefined;
+    fitsAtLevel1 ? { n: offered, nativeLength: probeNativeLength, frame: probe } : undefined;
   let n = Math.min(
     offered,
     Math.max(
@@ -295,15 +301,20 @@ export function packBatch(rows: readonly HttpLogRow[], options: PackBatchOptions
   for (let step = 0; !fitsAtLevel1 && step < MAX_SEARCH_STEPS; step++) {
     const native = nativeOf(n);
     const frame = zstdFrame(native, level);
-    if (frame.length <= frameLimit) {
-      best = { n, nativeLength: native.length, frame };
-      if (n === offered || frame.length + overhead >= MIN_FILL * bodyLimit) break;
+    const nativeLength = native.length;
+    const frameLength = frame.length;
+    releaseBuffer(native.buffer);
+    if (frameLength <= frameLimit) {
+      if (best !== undefined && best.frame !== probe) releaseBuffer(best.frame.buffer);
+      best = { n, nativeLength, frame };
+      if (n === offered || frameLength + overhead >= MIN_FILL * bodyLimit) break;
     } else {
       tooMany = n;
+      releaseBuffer(frame.buffer);
     }
     const low = best?.n ?? 0;
     if (tooMany - low <= 1) break;
-    const next = Math.floor((n * AIM_FILL * frameLimit) / frame.length);
+    const next = Math.floor((n * AIM_FILL * frameLimit) / frameLength);
     n = Math.min(tooMany - 1, Math.max(low + 1, next));
   }
   if (best === undefined) {
@@ -313,9 +324,12 @@ export function packBatch(rows: readonly HttpLogRow[], options: PackBatchOptions
     );
   }
 
+  if (best.frame !== probe) releaseBuffer(probe.buffer);
   if (encoding === "native_clickhouse_zstd") {
+    const body = clickHouseBlock(best.frame, best.nativeLength);
+    releaseBuffer(best.frame.buffer);
     return {
-      body: clickHouseBlock(best.frame, best.nativeLength),
+      body,
       rowCount: best.n,
       encoding,
       query: { query: statement, decompress: "1" },
