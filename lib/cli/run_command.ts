@@ -6,7 +6,7 @@
 import { settingsHelp } from "../config.ts";
 import { startService } from "../service.ts";
 import { configuredOrExit } from "./_command_config.ts";
-import { tuneMalloc } from "./_malloc.ts";
+import { tuneMalloc } from "../_malloc.ts";
 import { getLogger } from "@logtape/logtape";
 
 const log = getLogger(["anonymizer", "run"]);

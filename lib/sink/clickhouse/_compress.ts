@@ -35,16 +35,18 @@ export const CLICKHOUSE_BLOCK_OVERHEAD = CHECKSUM_BYTES + BLOCK_HEADER_BYTES;
  */
 const MIN_MATCH = 6;
 /**
- * From this level on, zstd's match-finder tables get 2^20 entries instead of
- * 2^22: a 1 MiB body's block is about 2.5 MB, and on stock planes blocks at
- * level 16 this took 30% less CPU for bodies 0.1% larger.
+ * From this level on, zstd's match-finder tables get 2^19 entries instead of
+ * 2^22: a 1 MiB body's block is about 2.5 MB. On stock planes blocks at level
+ * 16, 2^20 took 30% less CPU than 2^22 for bodies 0.1% larger; 2^19 took
+ * another 28% less CPU and 4 MB less memory per compression for 0.2% fewer
+ * rows per request (docs/wire.md).
  */
 const SMALL_TABLES_FROM_LEVEL = 16;
-const TABLE_LOG = 20;
+const TABLE_LOG = 19;
 
 /**
  * Compresses `data` into one zstd frame with a content checksum and matches of
- * at least 6 bytes; from level 16 on with 2^20-entry match tables.
+ * at least 6 bytes; from level 16 on with 2^19-entry match tables.
  * Single-threaded, so the same input and level always give the same bytes
  * with the same zstd library. The frame spans a buffer of its own.
  *
