@@ -14,8 +14,8 @@ const M_ARENA_MAX = -8;
  * Allocations from this size on get pages of their own, returned to the
  * system when freed. glibc starts at this size too, but raises it to the
  * largest block freed so far, up to 32 MiB: after the first zstd context of
- * a seal (about 10 MB) every later one came from the main heap, which then
- * kept tens of MB it could not give back (docs/capacity.md). Setting it fixes it.
+ * a seal every later one came from the main heap, which then kept memory it
+ * could not give back (docs/capacity.md). Setting it fixes it.
  */
 const MMAP_THRESHOLD_BYTES = 128 * 1024;
 /** Heaps malloc may keep; the runtime's threads would otherwise get one each. */
