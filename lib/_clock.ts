@@ -13,6 +13,8 @@ export interface Clock {
   sleep(ms: number, signal: AbortSignal): Promise<void>;
 }
 
+const WAKE = "wake";
+
 /** The system clock and timers. */
 export const systemClock: Clock = {
   now: () => Date.now(),
@@ -61,7 +63,8 @@ export class Alarm {
   /** Ends every sleep, or the next one if none is under way. */
   wake(): void {
     if (this.#sleepers.size === 0) this.#woken = true;
-    for (const s of this.#sleepers) s.abort();
+    // A plain reason: the default one is a DOMException, whose stack is captured at every wake.
+    for (const s of this.#sleepers) s.abort(WAKE);
     this.#sleepers.clear();
   }
 }

@@ -7,6 +7,7 @@
 import { getLogger } from "@logtape/logtape";
 import type { Consumer, Kafka, Producer } from "kafkajs";
 import type { SlotYield } from "../slot_schedule.ts";
+import { FetchSockets } from "./_fetch_sockets.ts";
 import { kafkaClient, type KafkaSasl } from "./kafka_client.ts";
 
 const log = getLogger(["anonymizer", "slots"]);
@@ -44,6 +45,7 @@ const RETENTION_MS = 3_600_000;
  */
 export class SlotYieldChannel {
   readonly #kafka: Kafka;
+  readonly #sockets = new FetchSockets();
   readonly #topic: string;
   readonly #groupId: string;
   #producer: Producer | null = null;
@@ -57,6 +59,7 @@ export class SlotYieldChannel {
       clientId: options.clientId ?? "anonymizer",
       ssl: options.ssl ?? false,
       sasl: options.sasl,
+      kafkajs: { socketFactory: this.#sockets.factory },
     });
   }
 
@@ -91,9 +94,9 @@ export class SlotYieldChannel {
     // A private group reading from the end: old hand-overs are of no use, and
     // nothing is committed. The broker answers a fetch as soon as a hand-over
     // arrives, so the wait only bounds empty polls: at 100 ms they were ten
-    // requests a second; at 1 s a stop still waits at most as long as the
+    // requests a second; at 5 s a stop still waits at most as long as the
     // record consumer's.
-    this.#consumer = this.#kafka.consumer({ groupId: this.#groupId, maxWaitTimeInMs: 1_000 });
+    this.#consumer = this.#kafka.consumer({ groupId: this.#groupId, maxWaitTimeInMs: 5_000 });
     await this.#consumer.connect();
     await this.#consumer.subscribe({ topic: this.#topic, fromBeginning: false });
     await this.#consumer.run({
@@ -126,7 +129,10 @@ export class SlotYieldChannel {
 
   /** Disconnects. */
   async stop(): Promise<void> {
-    await this.#consumer?.disconnect();
+    const disconnected = this.#consumer?.disconnect();
+    // Its empty polls wait 5 s; the broker closes ended sockets, and kafkajs drops the poll.
+    this.#sockets.endFetches();
+    await disconnected;
     await this.#producer?.disconnect();
   }
 }
