@@ -13,7 +13,7 @@ import type { ConsumerHandlers, SourceBatch, SourceConsumer } from "./source_con
 
 const log = getLogger(["anonymizer", "kafka"]);
 
-/** Longest a fetch waits for data, ms; a stop waits for the fetch in flight. */
+/** Longest a fetch waits for data, ms; a stop does not wait for it (`_fetch_sockets.ts`). */
 const FETCH_WAIT_MS = 5_000;
 
 /** Where a consumer group without committed offsets starts. */
