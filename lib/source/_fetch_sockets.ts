@@ -33,7 +33,7 @@
  */
 import net from "node:net";
 import tls from "node:tls";
-import type { ISocketFactory } from "kafkajs";
+import type { Consumer, ISocketFactory } from "kafkajs";
 
 /** Kafka's API key of Fetch requests. */
 const FETCH_API_KEY = 1;
@@ -69,18 +69,17 @@ export class FetchSockets {
     return socket;
   };
 
-  /** Sockets that carried a fetch and are still open. */
-  get fetching(): number {
-    return this.#fetching.size;
-  }
-
   /**
-   * Closes every socket that carried a fetch, and any that sends one from
-   * now on; kafkajs gives up their fetches.
+   * Disconnects `consumer`, a consumer of the client this factory serves,
+   * without waiting for its fetch in flight: every socket that carried a
+   * fetch, and any that sends one from now on, is closed, and kafkajs gives
+   * up their fetches.
    */
-  endFetches(): void {
+  async disconnect(consumer: Consumer): Promise<void> {
+    const disconnected = consumer.disconnect();
     this.#ending = true;
     for (const w of this.#fetching) close(w);
+    await disconnected;
   }
 
   #watch(socket: net.Socket): void {

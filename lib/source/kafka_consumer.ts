@@ -128,10 +128,7 @@ class KafkaConsumer implements SourceConsumer {
 
   stop(): Promise<void> {
     this.#stopping = true;
-    const disconnected = this.#consumer.disconnect();
-    // disconnect() waits for the fetch in flight, up to FETCH_WAIT_MS with no data.
-    this.#sockets.endFetches();
-    return disconnected;
+    return this.#sockets.disconnect(this.#consumer);
   }
 
   async commit(partition: number, offset: bigint, metadata: string): Promise<void> {

@@ -94,8 +94,7 @@ export class SlotYieldChannel {
     // A private group reading from the end: old hand-overs are of no use, and
     // nothing is committed. The broker answers a fetch as soon as a hand-over
     // arrives, so the wait only bounds empty polls: at 100 ms they were ten
-    // requests a second; at 5 s a stop still waits at most as long as the
-    // record consumer's.
+    // requests a second; a stop does not wait for the poll in flight.
     this.#consumer = this.#kafka.consumer({ groupId: this.#groupId, maxWaitTimeInMs: 5_000 });
     await this.#consumer.connect();
     await this.#consumer.subscribe({ topic: this.#topic, fromBeginning: false });
@@ -129,10 +128,7 @@ export class SlotYieldChannel {
 
   /** Disconnects. */
   async stop(): Promise<void> {
-    const disconnected = this.#consumer?.disconnect();
-    // Its empty polls wait 5 s; the broker closes ended sockets, and kafkajs drops the poll.
-    this.#sockets.endFetches();
-    await disconnected;
+    if (this.#consumer !== null) await this.#sockets.disconnect(this.#consumer);
     await this.#producer?.disconnect();
   }
 }
