@@ -153,12 +153,29 @@ export function worldConfig(world: World, overrides: Record<string, string> = {}
   return loadConfig({ ...world.env, ...overrides }, []);
 }
 
-/** Produces `count` distinct-id records into the world's topic; returns them and the summary. */
+const HOUR_MS = 3_600_000;
+const DAY_MS = 24 * HOUR_MS;
+
+/**
+ * A `now` for synthetic records, whose timestamps fall in the hour before it,
+ * that keeps them in one UTC day: `at`, or the last millisecond of the day
+ * before within the first hour after midnight. A batch holds rows of one day,
+ * so records spread over two days make two batches where a test expects one.
+ */
+export function sameDayNow(at: number = Date.now()): number {
+  const intoDay = at % DAY_MS;
+  return intoDay < HOUR_MS ? at - intoDay - 1 : at;
+}
+
+/**
+ * Produces `count` distinct-id records into the world's topic; returns them
+ * and the summary. `now` defaults to {@linkcode sameDayNow}.
+ */
 export async function produceRecords(
   world: World,
   options: Omit<ProduceOptions, "topic"> & { count: number; seed: number },
 ): Promise<{ records: HttpLogRecord[]; summary: ProduceSummary }> {
-  const now = options.now ?? Date.now();
+  const now = options.now ?? sameDayNow();
   const summary = await produce(world.env.KAFKA_BROKERS!.split(","), {
     rate: 0,
     distinctResourceIds: true,

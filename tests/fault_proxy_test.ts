@@ -17,6 +17,7 @@ import {
   createWorld,
   delay,
   produceRecords,
+  sameDayNow,
   storedCount,
   waitForRows,
   worldConfig,
@@ -155,7 +156,7 @@ Deno.test({
     const service = await startService(worldConfig(world), {
       onFlush: (e) => events.push({ ...e, at: Date.now() }),
     });
-    const now = Date.now();
+    const now = sameDayNow();
     let records: HttpLogRecord[] = [];
     try {
       await t.step("1,000 records land while the upstream is up", async () => {

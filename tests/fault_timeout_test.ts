@@ -18,6 +18,7 @@ import {
   createWorld,
   delay,
   produceRecords,
+  sameDayNow,
   waitForRows,
   worldConfig,
 } from "../testing/pipeline.ts";
@@ -90,7 +91,7 @@ async function timeoutScenario(t: Deno.TestContext, server: ClickHouseServer | n
     });
     const events: Array<FlushEvent & { at: number }> = [];
     let records: Awaited<ReturnType<typeof produceRecords>>["records"] = [];
-    const now = Date.now();
+    const now = sameDayNow();
 
     await t.step("produce 2,000 records", async () => {
       ({ records } = await produceRecords(world, { count: 2_000, seed: 7_101, now }));

@@ -13,6 +13,7 @@
  */
 import assert from "node:assert/strict";
 import type { FlushEvent } from "../lib/flusher.ts";
+import type { PacerState } from "../lib/pacer.ts";
 import { openQueue } from "../lib/queue/kv_queue.ts";
 import { startService } from "../lib/service.ts";
 import { type FaultMode, startFaultProxy } from "../testing/fault_proxy.ts";
@@ -30,6 +31,12 @@ import { report } from "../testing/bad_input.ts";
 const RECORDS = 2_000;
 /** Far below the batch of 2,000 rows (about 110 KB). */
 const SMALL_BODY = 16 * 1024;
+
+/** Replaces the pacing state in the KV at `path` while no service holds it. */
+async function setPacer(path: string, state: PacerState): Promise<void> {
+  await using queue = await openQueue(path);
+  await queue.setPacer(state);
+}
 
 interface Variant {
   /** What the first attempt's fate is called in the test name. */
@@ -75,16 +82,33 @@ for (const target of CLICKHOUSE_TARGETS.filter((t) => t.name === "modern")) {
           await queue.setServer({ version, checkedAt: Date.now() });
         }
         const token = { CLICKHOUSE_DEDUP: "token" };
+        // A long spacing keeps every slot but the first out of the first run.
+        const firstRun = worldConfig(world, { ...token, CLICKHOUSE_SPACING_MS: "600000" });
+
+        await t.step("queueing: every record owned before any slot", async () => {
+          // The first slot seals what is owned at that moment; a fetch still under way would
+          // leave the batch smaller than the private proxy's body limit. A slot just used
+          // holds the flusher back while the records are queued.
+          await setPacer(world.env.KV_PATH!, { lastConsumedAt: Date.now(), inflightSince: null });
+          const service = await startService(firstRun);
+          try {
+            await until(`${RECORDS} rows owned by the queue`, async () => {
+              const stats = await service.queue.stats();
+              const parts = await service.queue.partitions();
+              const owned = parts.every((p) => p.committed === p.next);
+              return stats.queuedRows === RECORDS && owned ? true : undefined;
+            });
+          } finally {
+            await service.stop();
+          }
+          await setPacer(world.env.KV_PATH!, { lastConsumedAt: null, inflightSince: null });
+        });
 
         let batchRows = 0;
         await t.step(`first run: the INSERT's outcome is unknown (${v.mode})`, async () => {
           fault.rule = (line) => line.includes("INSERT") ? v.mode : undefined;
           const events: FlushEvent[] = [];
-          // A long spacing keeps the resend out of this run.
-          const service = await startService(
-            worldConfig(world, { ...token, CLICKHOUSE_SPACING_MS: "600000" }),
-            { onFlush: (e) => events.push(e) },
-          );
+          const service = await startService(firstRun, { onFlush: (e) => events.push(e) });
           try {
             const first = await until(
               "the first INSERT's result",
@@ -94,6 +118,7 @@ for (const target of CLICKHOUSE_TARGETS.filter((t) => t.name === "modern")) {
             const batch = await service.queue.batch();
             assert.equal(batch?.state, "unknown");
             batchRows = batch!.rows;
+            assert.equal(batchRows, RECORDS, "the first slot seals every queued row");
             assert.ok(batch!.bytes > SMALL_BODY, `${batch!.bytes} bytes`);
           } finally {
             await service.stop();
@@ -116,11 +141,14 @@ for (const target of CLICKHOUSE_TARGETS.filter((t) => t.name === "modern")) {
               { onFlush: (e) => events.push(e) },
             );
             try {
-              await until(
-                `${RECORDS} rows stored`,
-                async () =>
-                  await storedCount(world.database, clickhouse) >= RECORDS ? true : undefined,
-              );
+              // Where the first attempt landed, the rows are stored before this run sends
+              // anything: it is done when its queue is empty.
+              await until(`${RECORDS} rows stored and the queue empty`, async () => {
+                const stats = await service.queue.stats();
+                const empty = stats.queuedRows === 0 && stats.sealedRows === 0;
+                if (!empty) return undefined;
+                return await storedCount(world.database, clickhouse) >= RECORDS ? true : undefined;
+              });
               // A few more slots: a stray resend would show as a duplicate.
               await new Promise((r) => setTimeout(r, 5 * world.spacingMs));
             } finally {
