@@ -13,7 +13,6 @@
  */
 import assert from "node:assert/strict";
 import type { FlushEvent } from "../lib/flusher.ts";
-import type { PacerState } from "../lib/pacer.ts";
 import { openQueue } from "../lib/queue/kv_queue.ts";
 import { startService } from "../lib/service.ts";
 import { type FaultMode, startFaultProxy } from "../testing/fault_proxy.ts";
@@ -31,12 +30,6 @@ import { report } from "../testing/bad_input.ts";
 const RECORDS = 2_000;
 /** Far below the batch of 2,000 rows (about 110 KB). */
 const SMALL_BODY = 16 * 1024;
-
-/** Replaces the pacing state in the KV at `path` while no service holds it. */
-async function setPacer(path: string, state: PacerState): Promise<void> {
-  await using queue = await openQueue(path);
-  await queue.setPacer(state);
-}
 
 interface Variant {
   /** What the first attempt's fate is called in the test name. */
@@ -80,16 +73,16 @@ for (const target of CLICKHOUSE_TARGETS.filter((t) => t.name === "modern")) {
           await Deno.mkdir(`${world.dir}/a`, { recursive: true });
           await using queue = await openQueue(world.env.KV_PATH!);
           await queue.setServer({ version, checkedAt: Date.now() });
+          // The first slot seals what is owned at that moment; a fetch still under way would
+          // leave the batch smaller than the private proxy's body limit. A slot just used
+          // holds the flusher back while the records are queued (step "queueing").
+          await queue.setPacer({ lastConsumedAt: Date.now(), inflightSince: null });
         }
         const token = { CLICKHOUSE_DEDUP: "token" };
         // A long spacing keeps every slot but the first out of the first run.
         const firstRun = worldConfig(world, { ...token, CLICKHOUSE_SPACING_MS: "600000" });
 
         await t.step("queueing: every record owned before any slot", async () => {
-          // The first slot seals what is owned at that moment; a fetch still under way would
-          // leave the batch smaller than the private proxy's body limit. A slot just used
-          // holds the flusher back while the records are queued.
-          await setPacer(world.env.KV_PATH!, { lastConsumedAt: Date.now(), inflightSince: null });
           const service = await startService(firstRun);
           try {
             await until(`${RECORDS} rows owned by the queue`, async () => {
@@ -101,7 +94,9 @@ for (const target of CLICKHOUSE_TARGETS.filter((t) => t.name === "modern")) {
           } finally {
             await service.stop();
           }
-          await setPacer(world.env.KV_PATH!, { lastConsumedAt: null, inflightSince: null });
+          // A slot free at once, so the first run's first slot seals all of them.
+          await using queue = await openQueue(world.env.KV_PATH!);
+          await queue.setPacer({ lastConsumedAt: null, inflightSince: null });
         });
 
         let batchRows = 0;
