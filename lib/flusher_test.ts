@@ -256,19 +256,22 @@ async function rig(
 }
 
 /**
- * Whether `rows` rows have landed; then asserts the queue is empty. The
- * landed count only grows, so reading it cannot race a seal.
+ * Whether `rows` rows have landed and been reported; then asserts the queue
+ * is empty. The flusher reports a landing after its KV commit, so waiting for
+ * the report too keeps a test from reading `landings` in between. Both counts
+ * only grow, so reading them cannot race a seal.
  */
-async function drained(queue: KvQueue, rows = 100): Promise<boolean> {
-  if ((await queue.stats()).landedRows < rows) return false;
-  assert.equal(await queue.batch(), null);
-  assert.equal((await queue.stats()).queuedRows, 0);
+async function drained(r: Rig, rows = 100): Promise<boolean> {
+  if (r.landings.reduce((n, l) => n + l.rows, 0) < rows) return false;
+  if ((await r.queue.stats()).landedRows < rows) return false;
+  assert.equal(await r.queue.batch(), null);
+  assert.equal((await r.queue.stats()).queuedRows, 0);
   return true;
 }
 
 Deno.test("Flusher lands a batch with one INSERT in the first slot (2xx)", async () => {
   await using r = await rig(100);
-  await r.runUntil(() => drained(r.queue));
+  await r.runUntil(() => drained(r));
   assert.equal(r.sink.sends().length, 1);
   assert.deepEqual(r.sink.storedIds(), ids(100));
   assert.deepEqual(r.landings.map((l) => [l.rows, l.via]), [[100, "insert"]]);
@@ -280,7 +283,7 @@ Deno.test("Flusher resends an unchanged batch 5 s after a 503, without waiting a
   await using r = await rig(100);
   let n = 0;
   r.sink.answer = () => ++n <= 3 ? failure("refused", { rateLimited: true, status: 503 }) : "ok";
-  await r.runUntil(() => drained(r.queue));
+  await r.runUntil(() => drained(r));
   const sends = r.sink.sends();
   await t.step("the same batch id and body are sent each time", () => {
     assert.equal(sends.length, 4);
@@ -309,7 +312,7 @@ Deno.test("Flusher hands a batch the proxy refused as too large (413) back to be
   await using r = await rig(100);
   let n = 0;
   r.sink.answer = () => ++n === 1 ? failure("too_large", { status: 413 }) : "ok";
-  await r.runUntil(() => drained(r.queue));
+  await r.runUntil(() => drained(r));
   const sends = r.sink.sends();
   assert.equal(sends.length, 2);
   assert.notEqual(sends[0]!.batchId, sends[1]!.batchId, "the rows are sealed in a new batch");
@@ -321,7 +324,7 @@ Deno.test("Flusher resolves an unknown outcome with a check (dedup check)", asyn
   await t.step("the INSERT had landed: the check confirms it, nothing is resent", async () => {
     await using r = await rig(100);
     r.sink.answer = () => ({ store: "all", then: failure("unknown") });
-    await r.runUntil(() => drained(r.queue));
+    await r.runUntil(() => drained(r));
     assert.deepEqual(r.sink.requests.map((q) => q.kind), ["send", "check"]);
     assert.ok(r.sink.requests[1]!.at - r.sink.requests[0]!.at >= SLOT_MS, "the check takes a slot");
     assert.deepEqual(r.landings.map((l) => l.via), ["check"]);
@@ -333,7 +336,7 @@ Deno.test("Flusher resolves an unknown outcome with a check (dedup check)", asyn
       await using r = await rig(100);
       let n = 0;
       r.sink.answer = () => ++n === 1 ? failure("unknown") : "ok";
-      await r.runUntil(() => drained(r.queue));
+      await r.runUntil(() => drained(r));
       const kinds = r.sink.requests.map((q) => q.kind);
       assert.deepEqual(kinds, ["send", "check", "send"]);
       assert.equal(r.sink.requests[0]!.batchId, r.sink.requests[2]!.batchId);
@@ -344,7 +347,7 @@ Deno.test("Flusher resolves an unknown outcome with a check (dedup check)", asyn
     await using r = await rig(100);
     let n = 0;
     r.sink.answer = () => ++n === 1 ? { store: "half", then: failure("unknown") } : "ok";
-    await r.runUntil(() => drained(r.queue));
+    await r.runUntil(() => drained(r));
     assert.deepEqual(r.sink.requests.map((q) => q.kind), ["send", "check", "repair", "send"]);
     assert.deepEqual(r.sink.storedIds(), ids(100));
   });
@@ -352,7 +355,7 @@ Deno.test("Flusher resolves an unknown outcome with a check (dedup check)", asyn
     await using r = await rig(100);
     r.sink.answer = () => ({ store: "all", then: failure("unknown") });
     r.sink.checks = [(found) => ({ ...found, running: true })];
-    await r.runUntil(() => drained(r.queue));
+    await r.runUntil(() => drained(r));
     assert.deepEqual(r.sink.requests.map((q) => q.kind), ["send", "check", "check"]);
     assert.deepEqual(r.sink.storedIds(), ids(100));
   });
@@ -362,7 +365,7 @@ Deno.test("Flusher resolves an unknown outcome by a resend with the same batch i
   await using r = await rig(100, { dedup: "token" });
   let n = 0;
   r.sink.answer = () => ++n === 1 ? { store: "all", then: failure("unknown") } : "ok";
-  await r.runUntil(() => drained(r.queue));
+  await r.runUntil(() => drained(r));
   const sends = r.sink.sends();
   assert.deepEqual(r.sink.requests.map((q) => q.kind), ["send", "send"]);
   assert.equal(sends[0]!.batchId, sends[1]!.batchId);
@@ -378,7 +381,7 @@ Deno.test("Flusher checks before splitting on a 413 after an unknown outcome, ev
       ++n === 1
         ? { store: "all", then: failure("unknown") }
         : failure("too_large", { status: 413 });
-    await r.runUntil(() => drained(r.queue));
+    await r.runUntil(() => drained(r));
     assert.deepEqual(r.sink.requests.map((q) => q.kind), ["send", "send", "check"]);
     assert.deepEqual(r.sink.storedIds(), ids(100));
   });
@@ -390,7 +393,7 @@ Deno.test("Flusher checks before splitting on a 413 after an unknown outcome, ev
       if (n === 1) return failure("unknown");
       return n === 2 ? failure("too_large", { status: 413 }) : "ok";
     };
-    await r.runUntil(() => drained(r.queue));
+    await r.runUntil(() => drained(r));
     assert.deepEqual(r.sink.requests.map((q) => q.kind), ["send", "send", "check", "send"]);
     const sends = r.sink.sends();
     assert.notEqual(sends[2]!.batchId, sends[0]!.batchId, "the rows are sealed in a new batch");
@@ -402,7 +405,7 @@ Deno.test("Flusher bisects a rejected batch down to the poison row and dead-lett
   await using r = await rig(2_000);
   r.sink.answer = (_batch, rows) =>
     rows.includes(1_234n) ? failure("rejected", { status: 400, serverCode: 27 }) : "ok";
-  await r.runUntil(async () => r.poison.length === 1 && await drained(r.queue, 1_999));
+  await r.runUntil(async () => r.poison.length === 1 && await drained(r, 1_999));
   assert.deepEqual(r.poison.map((p) => [p.row.resourceId, p.offset]), [[1_234n, 1_234n]]);
   assert.deepEqual(r.sink.storedIds(), ids(2_000).filter((i) => i !== 1_234n));
   assert.deepEqual(r.systemic, []);
@@ -428,7 +431,7 @@ Deno.test("Flusher keeps a batch whose body the server could not read, dead-lett
     let n = 0;
     r.sink.answer = () =>
       ++n === 1 ? failure("rejected", { bodyUnread: true, retriable: true }) : "ok";
-    await r.runUntil(() => drained(r.queue));
+    await r.runUntil(() => drained(r));
     assert.deepEqual(r.sink.sends().map((s) => s.encoding), ["a", "b"]);
     assert.deepEqual(r.systemic.map((f) => f.cause), ["body_rejected"]);
     assert.deepEqual(r.poison, []);
@@ -439,7 +442,7 @@ Deno.test("Flusher keeps a batch whose body the server could not read, dead-lett
     let n = 0;
     r.sink.answer = () =>
       ++n === 1 ? failure("rejected", { bodyUnread: true, retriable: true }) : "ok";
-    await r.runUntil(() => drained(r.queue));
+    await r.runUntil(() => drained(r));
     const sends = r.sink.sends();
     assert.equal(sends[0]!.batchId, sends[1]!.batchId);
     assert.deepEqual(r.poison, []);
@@ -451,7 +454,7 @@ Deno.test("Flusher keeps and retries a batch refused for a reason an operator ca
   await using r = await rig(100);
   let n = 0;
   r.sink.answer = () => ++n <= 2 ? failure("rejected", { status: 401, retriable: true }) : "ok";
-  await r.runUntil(() => drained(r.queue));
+  await r.runUntil(() => drained(r));
   const sends = r.sink.sends();
   assert.equal(sends.length, 3);
   assert.equal(new Set(sends.map((s) => s.batchId)).size, 1);
@@ -462,7 +465,7 @@ Deno.test("Flusher keeps and retries a batch refused for a reason an operator ca
 
 Deno.test("Flusher sends at most one request per slot", async () => {
   await using r = await rig(1_000, { dedup: "check", maxRows: 100 });
-  await r.runUntil(() => drained(r.queue, 1_000));
+  await r.runUntil(() => drained(r, 1_000));
   const sends = r.sink.sends();
   assert.equal(sends.length, 10);
   for (let i = 1; i < sends.length; i++) assert.ok(sends[i]!.at - sends[i - 1]!.at >= SLOT_MS);
@@ -491,19 +494,19 @@ Deno.test("Flusher sizes a seal's offer from the last body only when that body w
     release();
   };
   await t.step("a 1-row body, far from full, lands", async () => {
-    await r.runUntil(() => drained(r.queue, 1));
+    await r.runUntil(() => drained(r, 1));
   });
   await t.step("the next seal offers every queued row, not a guess from that body", async () => {
     await queueChunks(10);
     r.flusher.wake();
-    await r.runUntil(() => drained(r.queue, 1_001));
+    await r.runUntil(() => drained(r, 1_001));
     // Sized from the 1-row body (5 bytes) the offer would be 250 rows.
     assert.deepEqual(r.sink.sends().map((s) => s.rows), [1, 1_000]);
   });
   await t.step("after a full body the offer is sized from its bytes per row", async () => {
     await queueChunks(10);
     r.flusher.wake();
-    await r.runUntil(() => drained(r.queue, 2_001));
+    await r.runUntil(() => drained(r, 2_001));
     const rows = r.sink.sends().map((s) => s.rows!);
     // The 1,000-row body took about 6.9 bytes a row: 1,000 / 6.9 × 1.25 ≈ 182 rows, in whole chunks.
     assert.ok(rows[2]! >= 182 && rows[2]! < 400, `${rows[2]} rows`);
@@ -516,7 +519,7 @@ Deno.test("Flusher asks the version first, and sends nothing to a server it cann
   await t.step("a cached version the sink refuses is asked again, then cached", async () => {
     await using r = await rig(10);
     await r.queue.setServer({ version: "", checkedAt: 0 });
-    await r.runUntil(() => drained(r.queue, 10));
+    await r.runUntil(() => drained(r, 10));
     assert.deepEqual(r.sink.requests.map((q) => q.kind), ["version", "send"]);
     assert.equal((await r.queue.server())?.version, "1.0");
   });
@@ -548,7 +551,7 @@ Deno.test("Flusher counts the slot of a request that was on the wire at a crash 
   await using r = await rig(10);
   const crashedAt = r.clock.now() - 1_000;
   await r.queue.setPacer({ lastConsumedAt: null, inflightSince: crashedAt });
-  await r.runUntil(() => drained(r.queue, 10));
+  await r.runUntil(() => drained(r, 10));
   assert.ok(r.sink.sends()[0]!.at >= crashedAt + SLOT_MS);
   assert.deepEqual(await r.queue.pacer(), {
     lastConsumedAt: r.sink.sends()[0]!.at,
