@@ -37,7 +37,8 @@ export function runTaskFlags(): string[] {
 
 /**
  * The V8 flags of deno.json's `run` task, comma-separated as `--v8-flags=`
- * takes them (e.g. `--max-old-space-size=48,--max-semi-space-size=1,--no-memory-pool,--expose-gc,--optimize-for-size,--single-threaded-gc`).
+ * takes them (e.g. `--max-old-space-size=48,--expose-gc`), read from the task
+ * so that no copy of the list here can fall behind it.
  *
  * @example
  * ```ts
