@@ -15,7 +15,7 @@ import { createTopic, KAFKA_BROKERS, uniqueName, withKafkaAdmin } from "../testi
 import { produce } from "../tools/produce.ts";
 
 /** How long kafka_consumer.ts lets a fetch wait for data, ms. */
-const FETCH_WAIT_MS = 5_000;
+const FETCH_WAIT_MS = 10_000;
 
 function handlers(joins: string[], batches: SourceBatch[]) {
   return {

@@ -14,7 +14,7 @@ import type { ConsumerHandlers, SourceBatch, SourceConsumer } from "./source_con
 const log = getLogger(["anonymizer", "kafka"]);
 
 /** Longest a fetch waits for data, ms; a stop does not wait for it (`_fetch_sockets.ts`). */
-const FETCH_WAIT_MS = 5_000;
+const FETCH_WAIT_MS = 10_000;
 
 /** Where a consumer group without committed offsets starts. */
 export type OffsetReset = "earliest" | "latest" | { timestamp: number };
@@ -81,8 +81,8 @@ class KafkaConsumer implements SourceConsumer {
       sessionTimeout: 30_000,
       heartbeatInterval: 3_000,
       // Each fetch's batches cost a KV append that recompresses the partition's last chunk, a
-      // Kafka commit and a KV promote, whatever their size: fetching every 5 s instead of every
-      // second cuts that work five-fold at the stock rate, for at most 4 s more latency in a
+      // Kafka commit and a KV promote, whatever their size: fetching every 10 s instead of every
+      // second cuts that work ten-fold at the stock rate, for at most 9 s more latency in a
       // pipeline whose rows wait for a 62.5 s proxy slot anyway. A backlog fills 1 MiB at once.
       minBytes: 1_048_576,
       maxWaitTimeInMs: FETCH_WAIT_MS,
