@@ -15,6 +15,7 @@ import { ClickHouseSink } from "./sink/clickhouse/clickhouse_sink.ts";
 import { Flusher, type FlusherStatus, type FlushEvent } from "./flusher.ts";
 import { KafkaSource, type SourceStatus } from "./source/kafka_source.ts";
 import { kafkaConsumer } from "./source/kafka_consumer.ts";
+import { fetchWaitFor } from "./source/_fetch_wait.ts";
 import { type KvQueue, openQueue } from "./queue/kv_queue.ts";
 import { messageToRow } from "./record/message_to_row.ts";
 import { createMetrics, type Metrics } from "./metrics.ts";
@@ -153,6 +154,7 @@ export async function startService(config: Config, options: ServiceOptions = {})
     groupId: config.kafkaGroupId,
     clientId: config.kafkaClientId,
     offsetReset: config.kafkaOffsetReset,
+    fetchWaitMs: fetchWaitFor(config.clickhouseSpacingMs),
     ...kafkaAuth,
   });
   const s = new KafkaSource(consumer, {

@@ -9,13 +9,11 @@ import assert from "node:assert/strict";
 import { reset } from "@logtape/logtape";
 import { captureLogs } from "../testing/capture_logs.ts";
 import { kafkaConsumer } from "../lib/source/kafka_consumer.ts";
+import { MAX_FETCH_WAIT_MS as FETCH_WAIT_MS } from "../lib/source/_fetch_wait.ts";
 import type { SourceBatch } from "../lib/source/source_consumer.ts";
 import { delay } from "../testing/pipeline.ts";
 import { createTopic, KAFKA_BROKERS, uniqueName, withKafkaAdmin } from "../testing/stack.ts";
 import { produce } from "../tools/produce.ts";
-
-/** How long kafka_consumer.ts lets a fetch wait for data, ms. */
-const FETCH_WAIT_MS = 10_000;
 
 function handlers(joins: string[], batches: SourceBatch[]) {
   return {

@@ -18,6 +18,7 @@ import { messageToRow } from "../record/message_to_row.ts";
 import { type DlqFilter, judgeLetter, type Verdict } from "./_dead_letter_verdict.ts";
 import { kafkaClient } from "./kafka_client.ts";
 import { kafkaConsumer } from "./kafka_consumer.ts";
+import { fetchWaitFor } from "./_fetch_wait.ts";
 import { KafkaSource } from "./kafka_source.ts";
 
 /** How often the pass checks the group's commits, ms. */
@@ -145,6 +146,7 @@ export async function runDlq(
       groupId,
       clientId,
       offsetReset: "earliest",
+      fetchWaitMs: fetchWaitFor(config.clickhouseSpacingMs),
       ...auth,
     });
     const source = new KafkaSource(consumer, {

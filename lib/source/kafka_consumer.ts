@@ -6,15 +6,14 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
+import { AnonymizerError } from "../errors.ts";
 import type { Consumer, EachBatchPayload, Kafka } from "kafkajs";
 import { FetchSockets } from "./_fetch_sockets.ts";
+import { MAX_FETCH_WAIT_MS } from "./_fetch_wait.ts";
 import { kafkaClient, type KafkaSasl } from "./kafka_client.ts";
 import type { ConsumerHandlers, SourceBatch, SourceConsumer } from "./source_consumer.ts";
 
 const log = getLogger(["anonymizer", "kafka"]);
-
-/** Longest a fetch waits for data, ms; a stop does not wait for it (`_fetch_sockets.ts`). */
-const FETCH_WAIT_MS = 10_000;
 
 /** Where a consumer group without committed offsets starts. */
 export type OffsetReset = "earliest" | "latest" | { timestamp: number };
@@ -33,6 +32,12 @@ export interface KafkaConsumerOptions {
   ssl?: boolean;
   /** SASL credentials. Default: none. */
   sasl?: KafkaSasl;
+  /**
+   * Longest a fetch waits for data, ms; a stop does not wait for it
+   * (`_fetch_sockets.ts`). The service derives it from the proxy's spacing
+   * (`_fetch_wait.ts`). Default: `10000`.
+   */
+  fetchWaitMs?: number;
 }
 
 /**
@@ -53,6 +58,15 @@ export function kafkaConsumer(
   brokers: string[],
   options: KafkaConsumerOptions = {},
 ): SourceConsumer {
+  const wait = options.fetchWaitMs;
+  if (wait !== undefined && !(Number.isSafeInteger(wait) && wait >= 1)) {
+    throw new AnonymizerError(
+      `Cannot create a Kafka consumer as option fetchWaitMs must be an integer of at least 1: current value is ${
+        JSON.stringify(String(wait))
+      }`,
+      { code: "invalid_option" },
+    );
+  }
   return new KafkaConsumer(brokers, options);
 }
 
@@ -81,11 +95,10 @@ class KafkaConsumer implements SourceConsumer {
       sessionTimeout: 30_000,
       heartbeatInterval: 3_000,
       // Each fetch's batches cost a KV append that recompresses the partition's last chunk, a
-      // Kafka commit and a KV promote, whatever their size: fetching every 10 s instead of every
-      // second cuts that work ten-fold at the stock rate, for at most 9 s more latency in a
-      // pipeline whose rows wait for a 62.5 s proxy slot anyway. A backlog fills 1 MiB at once.
+      // Kafka commit and a KV promote, whatever their size: waiting for a full 1 MiB, or the
+      // fetch wait, keeps that work rare at live rates. A backlog fills 1 MiB at once.
       minBytes: 1_048_576,
-      maxWaitTimeInMs: FETCH_WAIT_MS,
+      maxWaitTimeInMs: options.fetchWaitMs ?? MAX_FETCH_WAIT_MS,
       retry: {
         retries: Number.MAX_SAFE_INTEGER,
         maxRetryTime: 10_000,
