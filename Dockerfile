@@ -40,5 +40,5 @@ EXPOSE 9464
 # The permissions and V8 heap limits of the deno.json run task (checked by
 # tests/heap_limit_test.ts); the unstable kv and cron APIs come from
 # deno.json's "unstable" list.
-ENTRYPOINT ["deno", "run", "--cached-only", "--v8-flags=--max-old-space-size=48,--max-semi-space-size=1,--no-memory-pool,--expose-gc,--optimize-for-size,--single-threaded-gc,--no-turbofan", "--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys", "--allow-ffi", "main.ts"]
+ENTRYPOINT ["deno", "run", "--cached-only", "--v8-flags=--max-old-space-size=48,--max-semi-space-size=1,--no-memory-pool,--expose-gc,--single-threaded-gc,--no-turbofan", "--allow-net", "--allow-read", "--allow-write", "--allow-env", "--allow-sys", "--allow-ffi", "main.ts"]
 CMD ["run", "--help"]

@@ -38,7 +38,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # The V8 heap limits of deno.json's run task (tests/heap_limit_test.ts keeps
 # the two equal), baked in so the binary needs no flags: without them V8 sizes
 # its heap for the machine's memory and the service's RSS grows to ~300 MB.
-V8_FLAGS="--max-old-space-size=48,--max-semi-space-size=1,--no-memory-pool,--expose-gc,--optimize-for-size,--single-threaded-gc,--no-turbofan"
+V8_FLAGS="--max-old-space-size=48,--max-semi-space-size=1,--no-memory-pool,--expose-gc,--single-threaded-gc,--no-turbofan"
 OUT="$ROOT/dist/anonymizer"
 SKIPPED_EXIT=3
 
