@@ -42,7 +42,9 @@ export interface KafkaConsumerOptions {
 
 /**
  * A kafkajs consumer group member for `brokers`, adapted to
- * {@linkcode SourceConsumer}. Nothing connects until `start()`.
+ * {@linkcode SourceConsumer}. Nothing connects until `start()`. Throws
+ * {@linkcode AnonymizerError} with code `"invalid_option"` when `fetchWaitMs`
+ * is not an integer of at least 1.
  *
  * @example Create without connecting
  * ```ts
